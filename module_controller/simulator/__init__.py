@@ -1,0 +1,1 @@
+"""Simulated Koupleless bases that speak the real wire protocol (MQTT tunnel, Arklet HTTP)."""
