@@ -1,0 +1,1 @@
+"""A local Kubernetes control plane and MQTT broker, built and run without Docker."""
