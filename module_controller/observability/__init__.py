@@ -1,0 +1,1 @@
+"""What people look at while the operator runs: metrics, health endpoints and logs."""

@@ -1,0 +1,99 @@
+"""Log set-up: sentences for people, or one JSON object per line for log collectors.
+
+Text:   2026-05-04 10:00:00,123 INFO module_controller.vnodes: Base 10.0.0.5 came online.
+JSON:   {"time": "2026-05-04T10:00:00.123+00:00", "level": "INFO", "logger": "...",
+         "message": "...", "base": "10.0.0.5"}
+
+Extras given with `log.info("...", extra={"base": ...})` become JSON fields. Kopf attaches
+the object it is handling as the extra `k8s_ref` (kind, namespace, name, uid): JSON lines
+carry it as a field, text lines start with `[namespace/name]`, so a line about a pod says
+which pod without every message repeating it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["text", "json"]  # the LOG_FORMAT setting's values
+
+# `k8s_object` is "[namespace/name] " for Kopf's lines about an object, else empty.
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(k8s_object)s%(message)s"
+
+# Attributes every LogRecord has; anything else on a record came in through `extra=`.
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()
+) | {"message", "asctime", "taskName"}
+
+# Kopf's extras for Kopf itself (whether to post the line as an Event, and the whole
+# operator settings object), not facts about what happened.
+_KOPF_CONTROL_EXTRAS = frozenset({"k8s_skip", "settings"})
+
+
+def _object_name(record: logging.LogRecord) -> str | None:
+    """`namespace/name` (or `name`) of the Kubernetes object Kopf says the line is about."""
+    ref = getattr(record, "k8s_ref", None)
+    if not isinstance(ref, dict) or not ref.get("name"):
+        return None
+    namespace = ref.get("namespace")
+    return f"{namespace}/{ref['name']}" if namespace else str(ref["name"])
+
+
+class TextFormatter(logging.Formatter):
+    """The standard sentence format, prefixed with `[namespace/name]` for Kopf's lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)  # the format string also tells it to fill asctime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Formatter.format has already filled in record.message and record.asctime.
+        name = _object_name(record)
+        return TEXT_FORMAT % {**vars(record), "k8s_object": f"[{name}] " if name else ""}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key in _STANDARD_ATTRIBUTES or key in _KOPF_CONTROL_EXTRAS or key in entry:
+                continue
+            entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # default=str: an extra that JSON cannot encode (a datetime, an enum) is written as
+        # its text rather than losing the whole line.
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(
+    level: int | str = logging.INFO,
+    log_format: LogFormat = "text",
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Send every logger's records to `stream` (stderr by default) in the chosen format.
+
+    Replaces the root logger's handlers, so calling it again switches format instead of
+    printing each line twice. Returns the handler it installed.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
