@@ -60,10 +60,10 @@ class Binaries:
 
 def ensure_binaries() -> Binaries:
     """Return the cached binaries, building whatever is missing (minutes when cold)."""
-    kube_dir = _ensure_built(
+    kube_dir = ensure_built(
         f"kubernetes/v{KUBERNETES_VERSION}", KUBERNETES_COMMANDS, _build_kubernetes
     )
-    etcd_dir = _ensure_built(f"etcd/v{ETCD_VERSION}", ("etcd",), _build_etcd)
+    etcd_dir = ensure_built(f"etcd/v{ETCD_VERSION}", ("etcd",), _build_etcd)
     return Binaries(
         etcd=etcd_dir / "etcd",
         kube_apiserver=kube_dir / "kube-apiserver",
@@ -73,7 +73,7 @@ def ensure_binaries() -> Binaries:
     )
 
 
-def _ensure_built(key: str, names: tuple[str, ...], build: Callable[[Path], None]) -> Path:
+def ensure_built(key: str, names: tuple[str, ...], build: Callable[[Path], None]) -> Path:
     target = cache_root() / key
     if all((target / name).is_file() for name in names):
         return target
@@ -98,7 +98,7 @@ def _ensure_built(key: str, names: tuple[str, ...], build: Callable[[Path], None
     return target
 
 
-def _go(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+def go(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
     go = shutil.which("go")
     if go is None:
         raise BuildFailed("the `go` command is not on PATH; install Go to build the testbed")
@@ -112,7 +112,7 @@ def _go(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> 
     return result.stdout
 
 
-def _working_copy(name: str) -> Path:
+def working_copy(name: str) -> Path:
     """Copy a wrapper module to a scratch directory: the package may be read-only."""
     scratch = Path(tempfile.mkdtemp(prefix=f"module-controller-{name}-"))
     for item in (GOMOD_DIR / name).iterdir():
@@ -139,11 +139,11 @@ def _version_ldflags(version: str) -> str:
 
 
 def _build_kubernetes(out: Path) -> None:
-    work = _working_copy("kubernetes")
+    work = working_copy("kubernetes")
     try:
         if _required_version(work / "go.mod", "k8s.io/kubernetes") != f"v{KUBERNETES_VERSION}":
             regenerate_kubernetes_gomod(work, KUBERNETES_VERSION)
-        _go(
+        go(
             [
                 "build",
                 "-trimpath",
@@ -161,12 +161,12 @@ def _build_kubernetes(out: Path) -> None:
 
 
 def _build_etcd(out: Path) -> None:
-    work = _working_copy("etcd")
+    work = working_copy("etcd")
     try:
         if _required_version(work / "go.mod", "go.etcd.io/etcd/server/v3") != f"v{ETCD_VERSION}":
-            _go(["mod", "edit", f"-require=go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], work)
-            _go(["mod", "tidy"], work)
-        _go(
+            go(["mod", "edit", f"-require=go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], work)
+            go(["mod", "tidy"], work)
+        go(
             [
                 "build",
                 "-trimpath",
@@ -198,7 +198,7 @@ def regenerate_kubernetes_gomod(directory: Path, version: str) -> None:
     directories; as a dependency those replaces are ignored, so the wrapper replaces each
     staging module with its published v0.X.Y tag. Upstream's own go.mod names them all.
     """
-    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], directory))
+    info = json.loads(go(["mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], directory))
     upstream = Path(info["GoMod"]).read_text()
     go_line = re.search(r"^go (\S+)", upstream, re.M)
     godebug = re.search(r"^godebug (\S+)", upstream, re.M)
@@ -216,7 +216,7 @@ def regenerate_kubernetes_gomod(directory: Path, version: str) -> None:
     lines += [")", ""]
     (directory / "go.mod").write_text("\n".join(lines))
     (directory / "go.sum").unlink(missing_ok=True)
-    _go(["mod", "tidy"], directory)
+    go(["mod", "tidy"], directory)
 
 
 def main() -> None:
