@@ -15,6 +15,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from module_controller import run_cli
     from module_controller.simulator import cli as simulator_cli
     from module_controller.testbed import cli as testbed_cli
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_cli.register(commands)
     testbed_cli.register(commands)
     simulator_cli.register(commands)
     return parser

@@ -1,0 +1,9 @@
+"""Kopf handlers: thin decorators that call the domain code.
+
+`kopf run -m module_controller.handlers --all-namespaces --standalone` runs the operator
+as `module-controller run` does.
+"""
+
+from module_controller.handlers import lifecycle, nodes
+
+__all__ = ["lifecycle", "nodes"]

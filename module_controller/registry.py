@@ -1,0 +1,210 @@
+"""The base registry: the one owner of what the operator knows about bases.
+
+Tunnel events and clock ticks change it; it answers, for every node name, what that Node
+should look like right now (or that it should not exist). It does no I/O: the node syncer
+makes the cluster agree with it, so every decision here is a plain, testable function of
+events and time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from module_controller import naming
+from module_controller.lograte import RateLimitedLog
+from module_controller.protocol import BaseStatus, HealthData
+from module_controller.protocol.states import BizState
+from module_controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseRecord:
+    """One base as last heard of. Times are monotonic seconds."""
+
+    identity: str
+    status: BaseStatus
+    node_name: str
+    last_seen: float
+    not_ready_reason: str | None = None
+    memory_capacity_bytes: int | None = None
+    memory_allocatable_bytes: int | None = None
+    heard_since_start: bool = True
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_reason is None
+
+    @property
+    def ip(self) -> str:
+        return self.status.local_ip or "127.0.0.1"
+
+
+@dataclass
+class BaseRegistry:
+    """Bases by identity, with the liveness rules of the user contract.
+
+    Every mutating method returns the node names whose desired state changed, for the
+    node syncer to act on.
+    """
+
+    settings: Settings
+    clock: Callable[[], float] = time.monotonic
+    bases: dict[str, BaseRecord] = field(default_factory=dict)
+    broker_connected: bool = False
+    _by_node: dict[str, str] = field(default_factory=dict)
+    _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+    def base_of_node(self, node_name: str) -> BaseRecord | None:
+        identity = self._by_node.get(node_name)
+        return self.bases.get(identity) if identity is not None else None
+
+    def live_bases(self) -> list[BaseRecord]:
+        return list(self.bases.values())
+
+    def node_name_for(self, identity: str) -> str:
+        return naming.node_name(self.settings.node_name_template, identity, self.settings.env)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def heartbeat(self, identity: str, status: BaseStatus) -> list[str]:
+        """A base said it is alive (or, with a non-ACTIVATED state, that it is leaving)."""
+        record = self.bases.get(identity)
+        if not status.is_activated:
+            if record is None:
+                return []
+            log.info("Base %s reported %s: removing its node.", identity, status.state)
+            return [self._forget(record)]
+        now = self.clock()
+        if record is None:
+            if len(self.bases) >= self.settings.max_bases:
+                self._log.warning(
+                    "max_bases",
+                    "Refused base %s: already %d bases, the most MAX_BASES allows.",
+                    identity,
+                    len(self.bases),
+                )
+                return []
+            name = self.node_name_for(identity)
+            if name in self._by_node:
+                self._log.warning(
+                    "name_clash",
+                    "Refused base %s: its node name %s is taken by base %s.",
+                    identity,
+                    name,
+                    self._by_node[name],
+                )
+                return []
+            record = BaseRecord(identity=identity, status=status, node_name=name, last_seen=now)
+            self.bases[identity] = record
+            self._by_node[name] = identity
+            log.info(
+                "Base %s (%s %s, %s) is online as node %s.",
+                identity,
+                status.base_metadata.name,
+                status.base_metadata.version,
+                record.ip,
+                name,
+            )
+            return [name]
+        changed = record.status != status or not record.ready or not record.heard_since_start
+        if not record.ready:
+            log.info("Base %s is heard again: node %s is Ready.", identity, record.node_name)
+        record.status = status
+        record.last_seen = now
+        record.not_ready_reason = None
+        record.heard_since_start = True
+        return [record.node_name] if changed else []
+
+    def health(self, identity: str, health: HealthData) -> list[str]:
+        """A health reply: memory for the node, and a master biz that stopped means gone."""
+        record = self.bases.get(identity)
+        if record is None:
+            return []
+        master = health.master_biz_info
+        if master is not None and master.biz_state not in (None, BizState.ACTIVATED):
+            log.info(
+                "Base %s reports its master biz %s: removing its node.", identity, master.biz_state
+            )
+            return [self._forget(record)]
+        jvm = health.jvm
+        if jvm is None or jvm.java_max_metaspace is None or jvm.java_max_metaspace < 0:
+            return []
+        capacity = jvm.java_max_metaspace
+        committed = jvm.java_committed_metaspace
+        allocatable = capacity - committed if committed is not None and committed >= 0 else capacity
+        if (capacity, allocatable) == (
+            record.memory_capacity_bytes,
+            record.memory_allocatable_bytes,
+        ):
+            return []
+        record.memory_capacity_bytes = capacity
+        record.memory_allocatable_bytes = max(allocatable, 0)
+        return [record.node_name]
+
+    def broker_down(self) -> None:
+        """Silence now means nothing: liveness clocks stop until the broker is back."""
+        self.broker_connected = False
+
+    def broker_up(self) -> None:
+        """Every base gets a fresh grace period: we could not hear it while we were away."""
+        self.broker_connected = True
+        now = self.clock()
+        for record in self.bases.values():
+            record.last_seen = max(record.last_seen, now)
+
+    def adopt(self, identity: str, status: BaseStatus, node_name: str) -> None:
+        """A node that existed before this operator started: keep it, on probation.
+
+        Its base gets a full grace period from now, as if just heard; if it stays silent
+        past the dead time its node goes, exactly like a base that went silent.
+        """
+        if identity in self.bases or node_name in self._by_node:
+            return
+        record = BaseRecord(
+            identity=identity,
+            status=status,
+            node_name=node_name,
+            last_seen=self.clock(),
+            heard_since_start=False,
+        )
+        self.bases[identity] = record
+        self._by_node[node_name] = identity
+
+    def tick(self) -> list[str]:
+        """Apply the liveness rules at the current time; returns the nodes to resync."""
+        if not self.broker_connected:
+            return []
+        now = self.clock()
+        changed = []
+        for record in list(self.bases.values()):
+            silent = now - record.last_seen
+            if silent >= self.settings.base_dead_seconds:
+                log.info(
+                    "Base %s has been silent for %.0fs: deleting node %s.",
+                    record.identity,
+                    silent,
+                    record.node_name,
+                )
+                changed.append(self._forget(record))
+            elif silent >= self.settings.base_not_ready_seconds and record.ready:
+                record.not_ready_reason = (
+                    f"no heartbeat from base {record.identity} for {silent:.0f}s"
+                )
+                log.info(
+                    "Base %s is silent: node %s is NotReady.", record.identity, record.node_name
+                )
+                changed.append(record.node_name)
+        return changed
+
+    def _forget(self, record: BaseRecord) -> str:
+        self.bases.pop(record.identity, None)
+        self._by_node.pop(record.node_name, None)
+        return record.node_name
+
+    def identities(self) -> Iterable[str]:
+        return self.bases.keys()

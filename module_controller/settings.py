@@ -1,0 +1,177 @@
+"""The operator's settings, read from the environment.
+
+The Go Module Controller's variable names keep their meaning (ENV, MQTT_BROKER, MQTT_PORT,
+MQTT_USERNAME, MQTT_PASSWORD, MQTT_CLIENT_PREFIX, MQTT_CA_PATH, MQTT_CLIENT_CRT_PATH,
+MQTT_CLIENT_KEY_PATH, CLIENT_ID); the rest are ours, for the timings and limits that the Go
+controller hard-codes. A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SEED_MODULE_LABEL = "module-controller.koupleless.io/component"
+GO_CONTROLLER_MODULE_LABEL = "virtual-kubelet.koupleless.io/component"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message names each bad environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable (the field name upper-cased) and default."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # --- the Go controller's names ------------------------------------------------------
+    env: str = Field(
+        default="dev",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Environment of the bases: MQTT topics are koupleless_<ENV>/..., node "
+        "label virtual-kubelet.koupleless.io/env. Must equal the bases' runtime env.",
+    )
+    mqtt_broker: str = Field(default="test-broker", description="MQTT broker host name.")
+    mqtt_port: int = Field(default=1883, ge=1, le=65535, description="MQTT broker port.")
+    mqtt_username: str = Field(default="test-username", description="MQTT user name.")
+    mqtt_password: str = Field(default="", description="MQTT password.")
+    mqtt_client_prefix: str = Field(
+        default="koupleless",
+        description="MQTT client id prefix; the client id is <prefix>@@@<CLIENT_ID>.",
+    )
+    mqtt_ca_path: Path | None = Field(
+        default=None, description="CA certificate file; when set the broker is reached over TLS."
+    )
+    mqtt_client_crt_path: Path | None = Field(
+        default=None, description="Client certificate file for mutual TLS (with the key)."
+    )
+    mqtt_client_key_path: Path | None = Field(
+        default=None, description="Client private key file for mutual TLS (with the certificate)."
+    )
+    client_id: str = Field(
+        default_factory=lambda: str(uuid.uuid4()),
+        description="This controller instance's identity (MQTT client id, Lease holder). "
+        "A new UUID per start when unset.",
+    )
+
+    # --- nodes ------------------------------------------------------------------------------
+    node_name_template: str = Field(
+        default="virtual-node-{identity}",
+        description="Name of a base's Node; {identity} and {env} are replaced. "
+        "vnode.{identity}.{env} gives the Go controller's names.",
+    )
+    node_env_taint: bool = Field(
+        default=False,
+        description="Also taint nodes schedule.koupleless.io/node-env=<ENV>:NoExecute, as the Go "
+        "controller does (the seed's sample does not tolerate it).",
+    )
+    node_cpu: str = Field(default="1000", description="CPU capacity a node reports.")
+    node_memory: str = Field(
+        default="1Ti", description="Memory a node reports until its base reports metaspace."
+    )
+    node_pods: str = Field(default="65535", description="Pods a node accepts.")
+    max_bases: int = Field(
+        default=5000, ge=1, description="Most bases accepted; heartbeats of more are refused."
+    )
+
+    # --- timings (seconds) --------------------------------------------------------------
+    base_not_ready_seconds: float = Field(
+        default=25, gt=0, description="Without a heartbeat this long, a base's node is NotReady."
+    )
+    base_dead_seconds: float = Field(
+        default=60, gt=0, description="Without a heartbeat this long, a base's node is deleted."
+    )
+    health_poll_seconds: float = Field(
+        default=10, gt=0, description="How often each base is asked for its health."
+    )
+    lease_duration_seconds: int = Field(
+        default=40, ge=1, description="Duration written into each node's Lease."
+    )
+    lease_renew_seconds: float = Field(
+        default=10, gt=0, description="How often node Leases are renewed."
+    )
+    message_max_age_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="Heartbeat, health and inventory messages older than this are dropped.",
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20, ge=1024, description="MQTT messages larger than this are dropped."
+    )
+    mqtt_reconnect_max_seconds: float = Field(
+        default=30, gt=0, description="Longest wait between two broker connection attempts."
+    )
+
+    # --- module pods ----------------------------------------------------------------------
+    module_label: Literal[
+        "module-controller.koupleless.io/component", "virtual-kubelet.koupleless.io/component"
+    ] = Field(
+        default="module-controller.koupleless.io/component",
+        description="Label key (value 'module') that marks module pods: the seed's key, or the "
+        "Go controller's virtual-kubelet.koupleless.io/component.",
+    )
+
+    # --- serving --------------------------------------------------------------------------
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of /metrics.")
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of /healthz and /readyz."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as sentences (text) or one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+
+    @field_validator("node_name_template")
+    @classmethod
+    def _template_names_the_identity(cls, value: str) -> str:
+        if "{identity}" not in value:
+            raise ValueError("must contain {identity}")
+        try:
+            value.format(identity="x", env="y")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"only {{identity}} and {{env}} may be used ({error})") from error
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.base_dead_seconds <= self.base_not_ready_seconds:
+            raise ValueError("BASE_DEAD_SECONDS must be longer than BASE_NOT_READY_SECONDS")
+        if self.lease_renew_seconds >= self.lease_duration_seconds:
+            raise ValueError("LEASE_RENEW_SECONDS must be shorter than LEASE_DURATION_SECONDS")
+        if (self.mqtt_client_crt_path is None) != (self.mqtt_client_key_path is None):
+            raise ValueError("MQTT_CLIENT_CRT_PATH and MQTT_CLIENT_KEY_PATH go together")
+        return self
+
+    @property
+    def module_selector(self) -> str:
+        return f"{self.module_label}=module"
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment, or raise SettingsError naming what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+            problems.append(f"{where}: {item['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def describe_settings() -> str:
+    """Every setting with its variable, default and meaning, for `run --help`."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "a new UUID" if name == "client_id" else "computed"
+        else:
+            default = repr(field.default) if field.default not in (None, "") else "unset"
+        lines.append(f"  {name.upper():<26} {field.description} (default: {default})")
+    return "\n".join(lines)

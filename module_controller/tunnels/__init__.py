@@ -1,0 +1,1 @@
+"""How the operator talks to bases: events in from them, commands out to them."""

@@ -1,0 +1,80 @@
+"""What a tunnel reports to the operator, already decoded and checked.
+
+A tunnel turns wire messages into these events and nothing else: everything downstream
+of it works on validated models, never on raw bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from module_controller.protocol import (
+    BaseMetadata,
+    BaseStatus,
+    BatchInstallBizResponse,
+    BizOperationResponse,
+    HealthData,
+    SimpleBizInfo,
+)
+
+
+@dataclass(frozen=True)
+class BaseHeartbeat:
+    identity: str
+    status: BaseStatus
+
+
+@dataclass(frozen=True)
+class BaseHealthReport:
+    identity: str
+    health: HealthData
+
+
+@dataclass(frozen=True)
+class BaselineQuery:
+    identity: str
+    metadata: BaseMetadata
+
+
+@dataclass(frozen=True)
+class BaseInventory:
+    """The complete list of modules on a base (an answer to queryAllBiz)."""
+
+    identity: str
+    modules: tuple[SimpleBizInfo, ...]
+
+
+@dataclass(frozen=True)
+class BizOperationResult:
+    identity: str
+    result: BizOperationResponse
+
+
+@dataclass(frozen=True)
+class BatchInstallResult:
+    identity: str
+    result: BatchInstallBizResponse
+
+
+@dataclass(frozen=True)
+class BrokerConnected:
+    """The tunnel (re)connected and re-subscribed: what bases say is visible again."""
+
+
+@dataclass(frozen=True)
+class BrokerDisconnected:
+    """The tunnel lost the broker: silence from bases now says nothing about them."""
+
+    reason: str
+
+
+TunnelEvent = (
+    BaseHeartbeat
+    | BaseHealthReport
+    | BaselineQuery
+    | BaseInventory
+    | BizOperationResult
+    | BatchInstallResult
+    | BrokerConnected
+    | BrokerDisconnected
+)

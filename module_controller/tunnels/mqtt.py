@@ -1,0 +1,338 @@
+"""The MQTT tunnel: one broker connection, kept up for the operator's whole life.
+
+It subscribes again after every reconnect (the Go controller loses its per-base
+subscriptions on reconnect), decodes every message into the protocol's models before
+anything else sees it, drops what is malformed, oversized, stale or spoofed with a counted
+reason and a rate-limited log line, and publishes commands without the retain flag (the Go
+controller's retained commands replay on every base reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+from pydantic import BaseModel
+
+from module_controller import naming
+from module_controller.lograte import RateLimitedLog
+from module_controller.protocol import (
+    ArkletCommand,
+    BaseTopic,
+    BizModel,
+    Envelope,
+    ProtocolError,
+    command_topic,
+    decode_base_message,
+    encode,
+    now_ms,
+)
+from module_controller.protocol.biz import Baseline
+from module_controller.protocol.messages import (
+    AGE_CHECKED_TOPICS,
+    BatchInstallMessage,
+    BizOperationMessage,
+    HealthMessage,
+    HeartMessage,
+    LegacyBizMessage,
+    QueryBaselineMessage,
+    SimpleBizMessage,
+)
+from module_controller.protocol.topics import base_topic, env_root
+from module_controller.settings import Settings
+from module_controller.tunnels.events import (
+    BaseHealthReport,
+    BaseHeartbeat,
+    BaseInventory,
+    BaselineQuery,
+    BatchInstallResult,
+    BizOperationResult,
+    BrokerConnected,
+    BrokerDisconnected,
+    TunnelEvent,
+)
+
+log = logging.getLogger(__name__)
+
+# The base -> controller topics the operator listens to, for every base of its env.
+SUBSCRIBED_KINDS = (
+    BaseTopic.HEART,
+    BaseTopic.QUERY_BASELINE,
+    BaseTopic.HEALTH,
+    BaseTopic.SIMPLE_BIZ,
+    BaseTopic.BIZ,
+    BaseTopic.BIZ_OPERATION,
+    BaseTopic.BATCH_INSTALL_BIZ_RESPONSE,
+)
+
+
+class TunnelUnavailable(RuntimeError):
+    """A command could not be sent because the broker connection is down."""
+
+
+class DropReason:
+    # The same words as the metrics' MqttDropReason label values.
+    OVERSIZED = "oversized"
+    UNKNOWN_TOPIC = "unknown_topic"
+    BAD_IDENTITY = "bad_identity"
+    MALFORMED = "malformed"
+    STALE = "stale"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    FAILED_REPLY = "failed_reply"
+
+
+Publisher = Callable[[str, bytes], Awaitable[None]]
+DropHook = Callable[[str], None]
+
+
+class MessageDecoder:
+    """Bytes and topic in, a TunnelEvent (or a counted drop) out. No I/O: unit-testable."""
+
+    def __init__(
+        self, settings: Settings, on_drop: DropHook | None = None, clock: Callable[[], int] = now_ms
+    ) -> None:
+        self.settings = settings
+        self.dropped: Counter[str] = Counter()
+        self._on_drop = on_drop
+        self._clock = clock
+        self._log = RateLimitedLog(log)
+
+    def _drop(self, reason: str, message: str, *args: object) -> None:
+        self.dropped[reason] += 1
+        if self._on_drop is not None:
+            self._on_drop(reason)
+        self._log.warning(reason, "Dropped an MQTT message: " + message, *args)
+
+    def decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
+        if len(payload) > self.settings.max_message_bytes:
+            self._drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
+            return None
+        try:
+            parsed, message = decode_base_message(topic, payload)
+        except ProtocolError as error:
+            reason = DropReason.UNKNOWN_TOPIC if error.what == "topic" else DropReason.MALFORMED
+            self._drop(reason, "%s (topic %s)", error, topic)
+            return None
+        identity = parsed.identity
+        bad = naming.invalid_identity_reason(identity)
+        if bad is not None:
+            self._drop(DropReason.BAD_IDENTITY, "identity %r refused: %s", identity[:80], bad)
+            return None
+        kind = parsed.base_kind
+        assert isinstance(message, Envelope)
+        if kind in AGE_CHECKED_TOPICS:
+            max_age_ms = int(self.settings.message_max_age_seconds * 1000)
+            age_ms = self._clock() - message.publish_timestamp
+            if age_ms >= max_age_ms:
+                self._drop(
+                    DropReason.STALE,
+                    "%s from %s is %.1fs old (limit %.0fs; are the clocks in sync?)",
+                    kind,
+                    identity,
+                    age_ms / 1000,
+                    self.settings.message_max_age_seconds,
+                )
+                return None
+        return self._event(identity, message)
+
+    def _event(self, identity: str, message: BaseModel) -> TunnelEvent | None:
+        if isinstance(message, HeartMessage):
+            if message.data.base_metadata.identity != identity:
+                self._drop(
+                    DropReason.IDENTITY_MISMATCH,
+                    "heartbeat on the topic of %s claims identity %r",
+                    identity,
+                    message.data.base_metadata.identity[:80],
+                )
+                return None
+            return BaseHeartbeat(identity, message.data)
+        if isinstance(message, QueryBaselineMessage):
+            return BaselineQuery(identity, message.data)
+        if isinstance(message, HealthMessage):
+            reply = message.data
+            if not reply.ok or reply.data is None:
+                self._drop(
+                    DropReason.FAILED_REPLY, "health of %s failed: %s", identity, reply.message
+                )
+                return None
+            return BaseHealthReport(identity, reply.data.health_data)
+        if isinstance(message, SimpleBizMessage):
+            return BaseInventory(identity, tuple(message.data))
+        if isinstance(message, LegacyBizMessage):
+            return self._legacy_inventory(identity, message)
+        if isinstance(message, BizOperationMessage):
+            return BizOperationResult(identity, message.data)
+        if isinstance(message, BatchInstallMessage):
+            return BatchInstallResult(identity, message.data)
+        self._drop(DropReason.UNKNOWN_TOPIC, "no handler for %s", type(message).__name__)
+        return None
+
+    def _legacy_inventory(self, identity: str, message: LegacyBizMessage) -> TunnelEvent | None:
+        """Runtime 1.3.0/1.3.1 report the inventory as full BizInfo beans."""
+        from module_controller.protocol import SimpleBizInfo
+        from module_controller.protocol.states import BizState
+
+        reply = message.data
+        if not reply.ok or reply.data is None:
+            self._drop(
+                DropReason.FAILED_REPLY, "biz list of %s failed: %s", identity, reply.message
+            )
+            return None
+        modules = tuple(
+            SimpleBizInfo(
+                name=info.biz_name,
+                version=info.biz_version,
+                state=info.biz_state or BizState.UNRESOLVED,
+                latest_state_record=max(
+                    info.biz_state_records or [], key=lambda r: r.change_time, default=None
+                ),
+            )
+            for info in reply.data
+        )
+        return BaseInventory(identity, modules)
+
+
+def subscriptions(env: str) -> list[str]:
+    return [f"{env_root(env)}/+/base/{kind}" for kind in SUBSCRIBED_KINDS]
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.mqtt_ca_path is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.mqtt_ca_path))
+    if settings.mqtt_client_crt_path and settings.mqtt_client_key_path:
+        context.load_cert_chain(
+            str(settings.mqtt_client_crt_path), str(settings.mqtt_client_key_path)
+        )
+    return context
+
+
+class MqttTunnel:
+    """Keeps one connection to the broker and turns its messages into TunnelEvents."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        deliver: Callable[[TunnelEvent], Awaitable[None]],
+        *,
+        on_drop: DropHook | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+        on_published: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.decoder = MessageDecoder(settings, on_drop)
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._deliver = deliver
+        self._client: aiomqtt.Client | None = None
+        self._on_reconnect = on_reconnect
+        self._on_published = on_published
+        # Certificates are read once; a bad path fails at start-up, not at the first reconnect.
+        self._tls = _tls_context(settings)
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.settings.mqtt_client_prefix}@@@{self.settings.client_id}"
+
+    def _new_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.settings.mqtt_broker,
+            self.settings.mqtt_port,
+            username=self.settings.mqtt_username or None,
+            password=self.settings.mqtt_password or None,
+            identifier=self.client_id,
+            clean_session=True,
+            keepalive=60,
+            timeout=10,
+            tls_context=self._tls,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe, dispatch; on any broker trouble, back off and do it all again."""
+        delay = 1.0
+        while True:
+            client = self._new_client()
+            try:
+                async with client:
+                    for topic in subscriptions(self.settings.env):
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self.connections += 1
+                    if self.connections > 1 and self._on_reconnect is not None:
+                        self._on_reconnect()
+                    self.connected.set()
+                    log.info(
+                        "Connected to the MQTT broker %s:%d as %s; listening on %s/+/base/...",
+                        self.settings.mqtt_broker,
+                        self.settings.mqtt_port,
+                        self.client_id,
+                        env_root(self.settings.env),
+                    )
+                    await self._deliver(BrokerConnected())
+                    delay = 1.0
+                    async for message in client.messages:
+                        await self._dispatch(str(message.topic), message.payload)
+            except aiomqtt.MqttError as error:
+                reason = str(error) or type(error).__name__
+                log.warning(
+                    "The MQTT broker %s:%d is unreachable (%s); retrying in %.0fs.",
+                    self.settings.mqtt_broker,
+                    self.settings.mqtt_port,
+                    reason,
+                    delay,
+                )
+            else:  # the message stream ended without an error: treat it as a disconnect
+                reason = "the broker closed the connection"
+            finally:
+                was_connected = self._client is client
+                self._client = None
+                self.connected.clear()
+            if was_connected:
+                await self._deliver(BrokerDisconnected(reason))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.mqtt_reconnect_max_seconds)
+
+    async def _dispatch(self, topic: str, payload: object) -> None:
+        if isinstance(payload, bytes | bytearray):
+            raw = bytes(payload)
+        elif isinstance(payload, str):
+            raw = payload.encode()
+        else:
+            raw = b""
+        event = self.decoder.decode(topic, raw)
+        if event is not None:
+            await self._deliver(event)
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        client = self._client
+        if client is None:
+            raise TunnelUnavailable(f"not connected to the MQTT broker; {topic} not sent")
+        try:
+            await client.publish(topic, payload, qos=1, retain=False)
+        except aiomqtt.MqttError as error:
+            raise TunnelUnavailable(f"publishing {topic} failed: {error}") from error
+        if self._on_published is not None:
+            self._on_published(topic.rsplit("/", 1)[-1])
+
+    async def query_health(self, identity: str) -> None:
+        await self._publish(command_topic(self.settings.env, identity, ArkletCommand.HEALTH), b"{}")
+
+    async def query_all_biz(self, identity: str) -> None:
+        topic = command_topic(self.settings.env, identity, ArkletCommand.QUERY_ALL_BIZ)
+        await self._publish(topic, b"{}")
+
+    async def install_biz(self, identity: str, biz: BizModel) -> None:
+        topic = command_topic(self.settings.env, identity, ArkletCommand.INSTALL_BIZ)
+        await self._publish(topic, encode(biz))
+
+    async def uninstall_biz(self, identity: str, biz: BizModel) -> None:
+        topic = command_topic(self.settings.env, identity, ArkletCommand.UNINSTALL_BIZ)
+        await self._publish(topic, encode(biz))
+
+    async def send_baseline(self, identity: str, modules: list[BizModel]) -> None:
+        topic = base_topic(self.settings.env, identity, BaseTopic.BASELINE)
+        await self._publish(topic, encode(Baseline(modules)))

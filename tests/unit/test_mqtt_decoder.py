@@ -1,0 +1,111 @@
+"""The tunnel's decoder: what bases send becomes events; bad input is counted and dropped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from module_controller.protocol import BaseMetadata, BaseStatus, encode, now_ms, wrap
+from module_controller.settings import Settings
+from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat, BaseInventory
+from module_controller.tunnels.mqtt import DropReason, MessageDecoder, subscriptions
+
+HEART = "koupleless_dev/{id}/base/heart"
+
+
+def heartbeat(identity: str, timestamp: int | None = None) -> bytes:
+    status = BaseStatus(
+        base_metadata=BaseMetadata(identity=identity, name="base", version="1.1.1"),
+        local_ip="127.0.0.2",
+    )
+    return encode(wrap(status, timestamp))
+
+
+@pytest.fixture
+def decoder() -> MessageDecoder:
+    return MessageDecoder(Settings(max_message_bytes=4096))
+
+
+def test_a_heartbeat_becomes_an_event(decoder: MessageDecoder) -> None:
+    event = decoder.decode(HEART.format(id="b1"), heartbeat("b1"))
+    assert isinstance(event, BaseHeartbeat)
+    assert event.identity == "b1" and event.status.local_ip == "127.0.0.2"
+
+
+def test_state_casing_is_tolerated(decoder: MessageDecoder) -> None:
+    raw = json.loads(heartbeat("b1"))
+    raw["data"]["state"] = "Activated"
+    event = decoder.decode(HEART.format(id="b1"), json.dumps(raw).encode())
+    assert isinstance(event, BaseHeartbeat) and event.status.is_activated
+
+
+def test_unknown_fields_are_tolerated(decoder: MessageDecoder) -> None:
+    raw = json.loads(heartbeat("b1"))
+    raw["data"]["futureField"] = {"x": 1}
+    raw["extra"] = True
+    assert decoder.decode(HEART.format(id="b1"), json.dumps(raw).encode()) is not None
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (HEART.format(id="b1"), b"{not json", DropReason.MALFORMED),
+        (HEART.format(id="b1"), b'{"publishTimestamp": 1}', DropReason.MALFORMED),
+        (HEART.format(id="b1"), b"\xff\xfe", DropReason.MALFORMED),
+        ("koupleless_dev/b1/base/nonsense", b"{}", DropReason.UNKNOWN_TOPIC),
+        ("somewhere/else", b"{}", DropReason.UNKNOWN_TOPIC),
+        (HEART.format(id="b1"), b" " * 5000, DropReason.OVERSIZED),
+        # Time-stamped payloads are made when the test runs, not when it is collected.
+        (HEART.format(id="b1"), lambda: heartbeat("b1", now_ms() - 11_000), DropReason.STALE),
+        (HEART.format(id="b1"), lambda: heartbeat("someone-else"), DropReason.IDENTITY_MISMATCH),
+        (HEART.format(id="x" * 200), lambda: heartbeat("x" * 200), DropReason.BAD_IDENTITY),
+    ],
+)
+def test_bad_messages_are_dropped_with_a_reason(
+    decoder: MessageDecoder, topic: str, payload: bytes | Callable[[], bytes], reason: str
+) -> None:
+    raw = payload() if callable(payload) else payload
+    assert decoder.decode(topic, raw) is None
+    assert decoder.dropped == {reason: 1}
+
+
+def test_a_flood_of_bad_messages_logs_only_a_few_lines(
+    decoder: MessageDecoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(500):
+        decoder.decode(HEART.format(id="b1"), b"garbage")
+    assert decoder.dropped[DropReason.MALFORMED] == 500
+    assert len(caplog.records) <= 2
+
+
+def test_inventory_and_health_replies_become_events(decoder: MessageDecoder) -> None:
+    inventory = {
+        "publishTimestamp": now_ms(),
+        "data": [
+            {"name": "biz1", "version": "0.0.1", "state": "activated", "latestStateRecord": None}
+        ],
+    }
+    event = decoder.decode("koupleless_dev/b1/base/simpleBiz", json.dumps(inventory).encode())
+    assert isinstance(event, BaseInventory) and event.modules[0].name == "biz1"
+    health = {
+        "publishTimestamp": now_ms(),
+        "data": {"code": "SUCCESS", "data": {"healthData": {"jvm": {"java max metaspace": 10}}}},
+    }
+    event = decoder.decode("koupleless_dev/b1/base/health", json.dumps(health).encode())
+    assert isinstance(event, BaseHealthReport) and event.health.jvm is not None
+    assert event.health.jvm.java_max_metaspace == 10
+
+
+def test_a_failed_health_reply_is_dropped(decoder: MessageDecoder) -> None:
+    health = {"publishTimestamp": now_ms(), "data": {"code": "FAILED", "message": "boom"}}
+    assert decoder.decode("koupleless_dev/b1/base/health", json.dumps(health).encode()) is None
+    assert decoder.dropped == {DropReason.FAILED_REPLY: 1}
+
+
+def test_subscriptions_cover_every_base_message_of_the_env() -> None:
+    topics = subscriptions("dev")
+    assert "koupleless_dev/+/base/heart" in topics
+    assert "koupleless_dev/+/base/bizOperation" in topics
+    assert not any(topic.endswith("/baseline") for topic in topics), "our own publications"
