@@ -1,0 +1,180 @@
+"""End-to-end fixtures: the real operator process, simulated bases, a private env per test.
+
+Each test gets its own ENV (MQTT topics `koupleless_<env>/...`, node label env=<env>), so
+tests sharing the cluster and broker never see each other's bases or nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from module_controller.simulator.base import SimulatedBase
+from module_controller.simulator.config import BaseConfig, MqttSettings
+from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.testbed.process import log_tail
+
+# Short timers so liveness tests take seconds; the bases beat every 2 s to match.
+OPERATOR_TIMINGS = {
+    "BASE_NOT_READY_SECONDS": "6",
+    "BASE_DEAD_SECONDS": "12",
+    "LEASE_RENEW_SECONDS": "5",
+    "HEALTH_POLL_SECONDS": "3",
+    "MQTT_RECONNECT_MAX_SECONDS": "2",
+}
+BASE_HEARTBEAT_SECONDS = 2.0
+
+_ips = (f"127.0.{third}.{fourth}" for third in itertools.count(10) for fourth in range(1, 255))
+
+
+class OperatorProcess:
+    """`module-controller run` as a child process, with its log kept for diagnosis."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "module_controller.cli", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def stop(self) -> None:
+        if self.child is None or self.child.poll() is not None:
+            return
+        self.child.send_signal(signal.SIGINT)
+        try:
+            self.child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed or evicted operator pod would."""
+        if self.child is not None and self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.child is not None and self.child.poll() is None
+
+    def tail(self, lines: int = 60) -> str:
+        return f"--- operator log ({self.log}) ---\n{log_tail(self.log, lines)}"
+
+
+class OperatorFactory(Protocol):
+    def __call__(self, broker: BrokerInfo | None = None, **settings: str) -> OperatorProcess: ...
+
+
+class BaseFactory(Protocol):
+    async def __call__(
+        self,
+        *,
+        name: str = "base",
+        version: str = "1.1.1",
+        broker: BrokerInfo | None = None,
+        start: bool = True,
+        **config: Any,
+    ) -> SimulatedBase: ...
+
+
+@pytest.fixture
+def test_env() -> str:
+    """A private ENV for one test: its topics and nodes are its own."""
+    return f"e2e{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def run_operator(
+    kubeconfig: Path, mqtt_broker: BrokerInfo, test_env: str, tmp_path: Path
+) -> Iterator[OperatorFactory]:
+    started: list[OperatorProcess] = []
+
+    def start(broker: BrokerInfo | None = None, **settings: str) -> OperatorProcess:
+        broker = broker or mqtt_broker
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "ENV": test_env,
+            "MQTT_BROKER": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_USERNAME": broker.username,
+            "MQTT_PASSWORD": broker.password,
+            "METRICS_PORT": "0",
+            "HEALTH_PORT": "0",
+            **OPERATOR_TIMINGS,
+            **settings,
+        }
+        operator = OperatorProcess(env, tmp_path / f"operator-{len(started)}.log")
+        operator.start()
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+@pytest.fixture
+async def start_base(mqtt_broker: BrokerInfo, test_env: str) -> AsyncIterator[BaseFactory]:
+    bases: list[SimulatedBase] = []
+
+    async def start(
+        *,
+        name: str = "base",
+        version: str = "1.1.1",
+        broker: BrokerInfo | None = None,
+        start: bool = True,
+        **config: Any,
+    ) -> SimulatedBase:
+        broker = broker or mqtt_broker
+        settings = MqttSettings(
+            host=broker.host, port=broker.port, username=broker.username, password=broker.password
+        )
+        config.setdefault("http_api", False)
+        config.setdefault("mqtt_heartbeat_period_s", BASE_HEARTBEAT_SECONDS)
+        base = SimulatedBase(
+            BaseConfig(
+                name=name, version=version, env=test_env, ip=next(_ips), mqtt=settings, **config
+            )
+        )
+        bases.append(base)
+        if start:
+            await base.start()
+        return base
+
+    yield start
+    for base in bases:
+        await base.stop()
+
+
+@pytest.fixture
+async def env_nodes_cleanup(k8s_api: client.ApiClient, test_env: str) -> AsyncIterator[None]:
+    """Whatever a test leaves, its nodes (cluster-scoped) do not outlive it."""
+    yield
+    core = client.CoreV1Api(k8s_api)
+    nodes = await core.list_node(label_selector=f"virtual-kubelet.koupleless.io/env={test_env}")
+    for node in nodes.items:
+        try:
+            await core.delete_node(node.metadata.name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
