@@ -39,15 +39,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot, or None when it is gone."""
+def _start_ticks(pid: int, *, zombie_too: bool = False) -> int | None:
+    """The process start time in clock ticks since boot, or None when it is gone.
+
+    A zombie counts as gone, unless `zombie_too`: a child that already exited is still
+    ours to report on.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces; fields after it are space separated.
     fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
+    if fields[0] == "Z" and not zombie_too:
         return None
     return int(fields[19])
 
@@ -78,7 +82,7 @@ def start(
             start_new_session=True,
             env=env,
         )
-    ticks = _start_ticks(child.pid)
+    ticks = _start_ticks(child.pid, zombie_too=True)
     if ticks is None:
         raise ComponentFailed(f"{name} exited at once:\n{log_tail(log)}")
     return child, ProcessRecord(name=name, pid=child.pid, start_ticks=ticks, log=str(log))
