@@ -41,7 +41,24 @@ class BaseRecord:
 
     @property
     def ip(self) -> str:
-        return self.status.local_ip or "127.0.0.1"
+        """The base's IP; 127.0.0.1 (the Go controller's fallback) when it sent none or junk."""
+        return naming.ip_address(self.status.local_ip) or "127.0.0.1"
+
+
+def _invalid_metadata(status: BaseStatus) -> str | None:
+    """Why a heartbeat's metadata is refused (too long, not Unicode), or None."""
+    metadata = status.base_metadata
+    for what, value in (
+        ("name", metadata.name),
+        ("version", metadata.version),
+        ("clusterName", metadata.cluster_name),
+        ("localIP", status.local_ip),
+        ("localHostName", status.local_host_name),
+    ):
+        reason = naming.invalid_metadata_reason(value)
+        if reason is not None:
+            return f"its {what} is refused: {reason}"
+    return None
 
 
 @dataclass
@@ -79,6 +96,10 @@ class BaseRegistry:
                 return []
             log.info("Base %s reported %s: removing its node.", identity, status.state)
             return [self._forget(record)]
+        bad = _invalid_metadata(status)
+        if bad is not None:
+            self._log.warning("bad_metadata", "Refused a heartbeat of base %s: %s.", identity, bad)
+            return []
         now = self.clock()
         if record is None:
             if len(self.bases) >= self.settings.max_bases:

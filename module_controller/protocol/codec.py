@@ -52,7 +52,9 @@ def decode(model: type[M], payload: bytes | str | Any) -> M:
     if raw is not None:
         try:
             value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # ValueError covers bad UTF-8 and bad JSON, and also integers past Python's
+        # 4,300-digit limit; RecursionError is JSON nested thousands deep. Neither may escape.
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(what, f"not JSON ({exc})", raw) from exc
     else:
         value = payload

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Generic, TypeVar
 
+from pydantic import Field
+
 from module_controller.protocol.codec import WireModel
 
 T = TypeVar("T")
@@ -22,7 +24,8 @@ def now_ms() -> int:
 class Envelope(WireModel, Generic[T]):
     """Every base -> controller MQTT message. Controller -> base messages have no envelope."""
 
-    publish_timestamp: int
+    # A Java long. Unbounded, a timestamp of 400 digits overflows the staleness arithmetic.
+    publish_timestamp: int = Field(ge=-(2**63), le=2**63 - 1)
     data: T
 
     def is_fresh(self, now: int | None = None, max_age_ms: int = MAX_MESSAGE_AGE_MS) -> bool:
