@@ -9,14 +9,21 @@ the operator does not own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from kubernetes_asyncio import client
 
+from module_controller.k8s_events import EventRecorder, ObjectRef
+from module_controller.modules.baseline import baseline_for
+from module_controller.modules.planner import EventType
+from module_controller.modules.state import ModulePod, ModuleState
+from module_controller.modules.sync import ModuleSync, poll_inventories
 from module_controller.observability.metrics import Metrics, MqttDropReason, MqttReceivedKind
 from module_controller.observability.server import Readiness
+from module_controller.protocol import BaseStatus
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.tunnels.events import (
@@ -31,7 +38,7 @@ from module_controller.tunnels.events import (
     TunnelEvent,
 )
 from module_controller.tunnels.mqtt import MqttTunnel, TunnelUnavailable
-from module_controller.vnodes import NodeSyncer
+from module_controller.vnodes import NodeSyncer, node_labels
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,13 @@ class ModuleController:
             on_reconnect=self.metrics.record_broker_reconnect,
             on_published=self._count_published,
         )
+        self.events = EventRecorder(api, instance=settings.client_id, metrics=self.metrics)
+        self.modules = ModuleState()
+        self.module_sync = ModuleSync(
+            settings, self.registry, self.modules, self.tunnel, api, self.metrics, self
+        )
         self._tasks: list[asyncio.Task[None]] = []
+        self._short_tasks: set[asyncio.Task[None]] = set()
         self.started = asyncio.Event()
         self.failed = asyncio.Event()
 
@@ -77,7 +90,14 @@ class ModuleController:
         await self.nodes.adopt_existing()
         self.readiness.set("kubernetes", True, "listed this operator's nodes")
         self.nodes.start()
+        self.events.start()
+        await self._list_module_pods()
+        self.module_sync.start()
         self._spawn(self.tunnel.run(), "mqtt-tunnel")
+        self._spawn(
+            self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
+            "inventories",
+        )
         self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
         self._spawn(
             self._every(self.settings.lease_renew_seconds, self.nodes.renew_leases), "leases"
@@ -90,7 +110,9 @@ class ModuleController:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.module_sync.stop()
         await self.nodes.stop()
+        await self.events.stop()
 
     def _spawn(self, work: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
@@ -129,9 +151,28 @@ class ModuleController:
         if kind is not None:
             self.metrics.record_mqtt_received(kind)
         if isinstance(event, BaseHeartbeat):
-            self.nodes.resync(self.registry.heartbeat(event.identity, event.status))
+            self._heartbeat(event)
         elif isinstance(event, BaseHealthReport):
-            self.nodes.resync(self.registry.health(event.identity, event.health))
+            changed = self.registry.health(event.identity, event.health)
+            self._nodes_changed(changed)
+        elif isinstance(event, BaseInventory):
+            if event.identity in self.registry.bases:
+                self.modules.set_inventory(event.identity, event.modules)
+                self.module_sync.base_changed(event.identity)
+        elif isinstance(event, BizOperationResult):
+            if event.identity in self.registry.bases:
+                key = self.modules.apply_operation(event.identity, event.result)
+                if key is not None:
+                    self._report_operation(event, key)
+                await self._query_inventory(event.identity)
+                self.module_sync.base_changed(event.identity)
+        elif isinstance(event, BatchInstallResult):
+            if event.identity in self.registry.bases:
+                self.modules.apply_batch(event.identity, event.result)
+                await self._query_inventory(event.identity)
+                self.module_sync.base_changed(event.identity)
+        elif isinstance(event, BaselineQuery):
+            self._spawn_once(self._answer_baseline(event), f"baseline-{event.identity}")
         elif isinstance(event, BrokerConnected):
             self.registry.broker_up()
             self.readiness.set("mqtt", True, "connected to the broker")
@@ -143,8 +184,141 @@ class ModuleController:
             )
             self.registry.broker_down()
 
+    def _report_operation(self, event: BizOperationResult, key: str) -> None:
+        """An install or uninstall answer, as Events on the pods that wanted it."""
+        result = event.result
+        response = result.response
+        data = response.data
+        ok = response.ok and (data is None or data.ok)
+        message = (data.message if data is not None else None) or response.message or ""
+        installing = result.command == "installBiz"
+        if installing:
+            self.module_sync.install_answered(event.identity, key, ok)
+        record = self.registry.bases.get(event.identity)
+        if record is None:
+            return
+        verb = "installed" if installing else "uninstalled"
+        reason = (
+            ("ModuleInstalled" if installing else "ModuleUninstalled")
+            if ok
+            else ("InstallFailed" if installing else "UninstallFailed")
+        )
+        text = (
+            f"{key} {verb} on base {event.identity}"
+            if ok
+            else (f"{key} could not be {verb} on base {event.identity}: {message}")
+        )
+        for pod in self.modules.pods_on(record.node_name):
+            if any(spec.key == key for spec in pod.wants.modules):
+                self.pod_event(pod, "Normal" if ok else "Warning", reason, text)
+
+    def _heartbeat(self, event: BaseHeartbeat) -> None:
+        known = self.registry.bases.get(event.identity)
+        first_time = known is None or not known.heard_since_start
+        changed = self.registry.heartbeat(event.identity, event.status)
+        self._nodes_changed(changed)
+        record = self.registry.bases.get(event.identity)
+        if record is not None and (first_time or changed):
+            if self.modules.bases[event.identity].inventory is None:
+                self._spawn_once(self._query_inventory(event.identity), "inventory")
+            self.module_sync.base_changed(event.identity)
+
+    def _nodes_changed(self, names: list[str]) -> None:
+        """Resync nodes, say what happened to them, forget the modules of bases gone."""
+        self.nodes.resync(names)
+        for name in names:
+            record = self.registry.base_of_node(name)
+            applied = self.nodes.existing.get(name)
+            uid = applied.uid if applied is not None else ""
+            node = ObjectRef(kind="Node", name=name, namespace=None, uid=uid)
+            if record is None:
+                self.events.record(node, "Normal", "BaseGone", f"the base of {name} is gone")
+                for identity in list(self.modules.bases):
+                    if identity not in self.registry.bases:
+                        self.modules.forget_base(identity)
+            elif not record.ready:
+                self.events.record(node, "Warning", "BaseNotReady", str(record.not_ready_reason))
+            elif applied is None:
+                self.events.record(
+                    node, "Normal", "BaseOnline", f"base {record.identity} is online at {record.ip}"
+                )
+
+    def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None:
+        """Events about module pods, from the module planner."""
+        ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
+        self.events.record(ref, type, reason, message)
+
+    async def _query_inventory(self, identity: str) -> None:
+        # Without the broker, the periodic poll asks again once it is back.
+        with contextlib.suppress(TunnelUnavailable):
+            await self.tunnel.query_all_biz(identity)
+
+    async def _poll_inventories(self) -> None:
+        if self.tunnel.connected.is_set():
+            try:
+                await poll_inventories(self.registry, self.tunnel)
+            except TunnelUnavailable:
+                return
+
+    async def _answer_baseline(self, query: BaselineQuery) -> None:
+        """A starting base asks which modules it should install by itself."""
+        apps = client.AppsV1Api(self.api)
+        deployments = await apps.list_deployment_for_all_namespaces()
+        raw = [self.api.sanitize_for_serialization(d) for d in deployments.items]
+        status = BaseStatus(base_metadata=query.metadata)
+        record_labels = node_labels(
+            self.registry.node_name_for(query.identity), status, self.settings
+        )
+        modules = baseline_for(raw, record_labels, self.settings.module_label)
+        await self.tunnel.send_baseline(query.identity, modules)
+        log.info(
+            "Answered the baseline query of base %s with %d module(s): %s.",
+            query.identity,
+            len(modules),
+            ", ".join(m.key for m in modules) or "none",
+        )
+
+    def _spawn_once(self, work: Awaitable[None], name: str) -> None:
+        """A short-lived task whose failure is logged, not fatal."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._short_tasks.add(task)
+        task.add_done_callback(self._short_tasks.discard)
+
+    # --- what the cluster says about module pods ------------------------------------------
+
+    async def _list_module_pods(self) -> None:
+        """Know every module pod before judging any module an orphan."""
+        core = client.CoreV1Api(self.api)
+        pods = await core.list_pod_for_all_namespaces(label_selector=self.settings.module_selector)
+        now = self.module_sync.clock()
+        for pod in pods.items:
+            self.modules.upsert_pod(self.api.sanitize_for_serialization(pod), now)
+        self.modules.listed = True
+        log.info("Listed %d module pod(s).", len(pods.items))
+
+    def module_pod_changed(self, event_type: str | None, body: dict[str, object]) -> None:
+        """A module pod was added, changed or deleted (from the Kopf watch)."""
+        metadata = body.get("metadata")
+        uid = str(metadata.get("uid")) if isinstance(metadata, dict) else ""
+        if event_type == "DELETED":
+            nodes = self.modules.remove_pod(uid)
+        else:
+            nodes = self.modules.upsert_pod(dict(body), self.module_sync.clock())
+        self.module_sync.nodes_changed(nodes)
+
     async def _tick(self) -> None:
-        self.nodes.resync(self.registry.tick())
+        changed = self.registry.tick()
+        self._nodes_changed(changed)
+        self.module_sync.nodes_changed(set(changed))
         bases = self.registry.live_bases()
         self.metrics.set_bases(len(bases))
         ready = sum(1 for base in bases if base.ready)

@@ -115,6 +115,37 @@ class Settings(BaseSettings):
         "Go controller's virtual-kubelet.koupleless.io/component.",
     )
 
+    inventory_poll_seconds: float = Field(
+        default=15, gt=0, description="How often each base is asked for its full module list."
+    )
+    install_timeout_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="An install with no answer for this long is sent again.",
+    )
+    uninstall_retry_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="First wait before a failed uninstall is retried (doubling, up to 60 s).",
+    )
+    uninstall_give_up_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="A deleted module pod whose modules cannot be uninstalled is removed after "
+        "this long anyway; the leftover module is logged and reported as an Event.",
+    )
+    uninstall_orphans: bool = Field(
+        default=True,
+        description="Uninstall modules that no pod on their base wants "
+        "(after ORPHAN_GRACE_SECONDS).",
+    )
+    orphan_grace_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="How long a module nobody wants may stay before it is uninstalled (a "
+        "restarted base reinstalls its baseline before its pods come back).",
+    )
+
     # --- serving --------------------------------------------------------------------------
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of /metrics.")
     health_port: int = Field(

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 import platform
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,15 +71,15 @@ def node_selector(settings: Settings) -> str:
     return f"{COMPONENT_LABEL}=vnode,{ENV_LABEL}={settings.env}"
 
 
-def node_labels(record: BaseRecord, settings: Settings) -> dict[str, str]:
-    metadata = record.status.base_metadata
+def node_labels(node_name: str, status: BaseStatus, settings: Settings) -> dict[str, str]:
+    metadata = status.base_metadata
     return {
         BASE_NAME_LABEL: naming.label_value(metadata.name),
         BASE_VERSION_LABEL: naming.label_value(metadata.version),
         BASE_CLUSTER_LABEL: naming.label_value(metadata.cluster_name),
-        BASE_HOST_LABEL: naming.label_value(record.status.local_host_name),
+        BASE_HOST_LABEL: naming.label_value(status.local_host_name),
         # The node's own name, as a kubelet sets it: unique per base, for topology spread.
-        HOSTNAME_LABEL: naming.label_value(record.node_name),
+        HOSTNAME_LABEL: naming.label_value(node_name),
         COMPONENT_LABEL: "vnode",
         ENV_LABEL: naming.label_value(settings.env),
         "type": "virtual-kubelet",
@@ -137,7 +138,10 @@ def node_status(record: BaseRecord, settings: Settings, now: datetime.datetime) 
         "conditions": node_conditions(record, now),
         "addresses": [
             {"type": "InternalIP", "address": record.ip},
-            {"type": "Hostname", "address": record.status.local_host_name or record.node_name},
+            {
+                "type": "Hostname",
+                "address": naming.host_name(record.status.local_host_name) or record.node_name,
+            },
         ],
         "capacity": capacity,
         "allocatable": allocatable,
@@ -163,7 +167,7 @@ def node_manifest(record: BaseRecord, settings: Settings) -> dict[str, Any]:
         "kind": "Node",
         "metadata": {
             "name": record.node_name,
-            "labels": node_labels(record, settings),
+            "labels": node_labels(record.node_name, record.status, settings),
             "annotations": {
                 IDENTITY_ANNOTATION: record.identity,
                 STATUS_ANNOTATION: encode(record.status).decode(),
@@ -360,12 +364,13 @@ class NodeSyncer:
         await self.core.patch_node(name, patch)
 
     async def _delete(self, name: str) -> None:
-        for delete in (
-            self.core.delete_node(name),
-            self.coordination.delete_namespaced_lease(name, LEASE_NAMESPACE),
-        ):
+        deletions: tuple[Callable[[], Awaitable[object]], ...] = (
+            lambda: self.core.delete_node(name),
+            lambda: self.coordination.delete_namespaced_lease(name, LEASE_NAMESPACE),
+        )
+        for delete in deletions:  # made one at a time: a failure leaves no coroutine behind
             try:
-                await delete
+                await delete()
             except ApiException as error:
                 if error.status != 404:
                     raise
@@ -407,9 +412,17 @@ class NodeSyncer:
             except ApiException as error:
                 if error.status != 404:
                     raise
-                await self.coordination.create_namespaced_lease(
-                    LEASE_NAMESPACE, _body(self._lease_body(name))
-                )
+                if name not in self.existing:  # the node was deleted meanwhile: no lease
+                    return
+                try:
+                    await self.coordination.create_namespaced_lease(
+                        LEASE_NAMESPACE, _body(self._lease_body(name))
+                    )
+                except ApiException as error:
+                    # The periodic renewal and the one after creating the node both found
+                    # no lease: whichever created it second finds it fresh, not failed.
+                    if error.status != 409:
+                        raise
 
     async def renew_leases(self) -> None:
         """Renew the Lease of every node whose base is known; failures are logged, not fatal."""

@@ -4,6 +4,6 @@
 as `module-controller run` does.
 """
 
-from module_controller.handlers import lifecycle, nodes
+from module_controller.handlers import lifecycle, nodes, pods
 
-__all__ = ["lifecycle", "nodes"]
+__all__ = ["lifecycle", "nodes", "pods"]

@@ -36,6 +36,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         raise kopf.PermanentError(str(error)) from None
     # Server-side filter: the operator sees only its own nodes, not every node.
     settings.watching.label_selectors["v1", "nodes"] = node_selector(ours)
+    settings.watching.label_selectors["v1", "pods"] = ours.module_selector
     settings.posting.level = logging.INFO
     metrics = Metrics()
     readiness = Readiness(["kubernetes", "mqtt"])

@@ -1,0 +1,170 @@
+"""Carrying out a base's plan: commands to the base, status patches, pod removals.
+
+One worker per base at a time (a keyed queue), and the status patches of a plan are sent
+one after the other, each awaited: so the API server sees an old pod go NotReady before
+the new pod goes Ready, which is the seed's lossless update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from module_controller.modules.planner import EventType, PlanContext, plan_base
+from module_controller.modules.state import ModulePod, ModuleState
+from module_controller.observability.metrics import Metrics
+from module_controller.protocol import BizModel
+from module_controller.registry import BaseRegistry
+from module_controller.settings import Settings
+from module_controller.workqueue import KeyedWorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class ModuleCommands(Protocol):
+    """The part of a tunnel that module work needs."""
+
+    async def install_biz(self, identity: str, biz: BizModel) -> None: ...
+    async def uninstall_biz(self, identity: str, biz: BizModel) -> None: ...
+    async def query_all_biz(self, identity: str) -> None: ...
+
+
+class PodEvents(Protocol):
+    def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None: ...
+
+
+class LogOnlyEvents:
+    """Events when no recorder is wired: they still reach the log."""
+
+    def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None:
+        level = logging.WARNING if type == "Warning" else logging.INFO
+        log.log(level, "Pod %s: %s: %s", pod.key, reason, message)
+
+
+class ModuleSync:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: BaseRegistry,
+        state: ModuleState,
+        tunnel: ModuleCommands,
+        api: client.ApiClient,
+        metrics: Metrics,
+        events: PodEvents | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.state = state
+        self.tunnel = tunnel
+        self.core = client.CoreV1Api(api)
+        self.api = api
+        self.metrics = metrics
+        self.events: PodEvents = events or LogOnlyEvents()
+        self.clock = clock
+        self.queue = KeyedWorkQueue(self.sync_base, workers=8, name="module sync")
+        # When each install was sent, for the install latency histogram.
+        self._install_sent: dict[tuple[str, str], float] = {}
+
+    def start(self) -> None:
+        self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+
+    def base_changed(self, identity: str) -> None:
+        self.queue.add(identity)
+
+    def nodes_changed(self, node_names: set[str]) -> None:
+        for name in node_names:
+            record = self.registry.base_of_node(name)
+            if record is not None:
+                self.queue.add(record.identity)
+
+    def install_answered(self, identity: str, key: str, ok: bool) -> None:
+        sent = self._install_sent.pop((identity, key), None)
+        if sent is not None:
+            self.metrics.observe_install(self.clock() - sent, "success" if ok else "failure")
+
+    async def sync_base(self, identity: str) -> None:
+        record = self.registry.bases.get(identity)
+        if record is None:
+            return  # the base is gone: its pods are the pod garbage collector's now
+        pods = self.state.pods_on(record.node_name)
+        base = self.state.bases[identity]
+        context = PlanContext(
+            settings=self.settings,
+            base_ip=record.ip,
+            base_ready=record.ready,
+            orphans_allowed=self.state.listed,
+            now=self.clock(),
+            wall=datetime.datetime.now(datetime.UTC),
+        )
+        plan = plan_base(pods, base, context)
+        if plan.empty:
+            return
+        for biz in plan.uninstalls:
+            log.info("Uninstalling %s from base %s.", biz.key, identity)
+            await self.tunnel.uninstall_biz(identity, biz)
+        for spec in plan.installs:
+            log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
+            self._install_sent[(identity, spec.key)] = self.clock()
+            await self.tunnel.install_biz(identity, spec.biz())
+        for pod, status in plan.status_writes:
+            await self._write_status(pod, status)
+        for event in plan.events:
+            self.events.pod_event(event.pod, event.type, event.reason, event.message)
+        for pod in plan.deletions:
+            await self._remove(pod)
+
+    async def _write_status(self, pod: ModulePod, status: dict[str, Any]) -> None:
+        try:
+            answer = await self.core.patch_namespaced_pod_status(
+                pod.name, pod.namespace, {"status": status}
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return  # deleted meanwhile
+            self.metrics.record_api_error("pods/status", error.status)
+            raise
+        body: dict[str, Any] = self.api.sanitize_for_serialization(answer)
+        self.state.record_written_status(pod.uid, body)
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        log.info(
+            "Pod %s is %s (%s).", pod.key, "Ready" if ready else "not ready", status.get("phase")
+        )
+
+    async def _remove(self, pod: ModulePod) -> None:
+        """What a kubelet does last: delete the object for good (grace period 0)."""
+        try:
+            await self.core.delete_namespaced_pod(
+                pod.name,
+                pod.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.uid)
+                ),
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                self.metrics.record_api_error("pods", error.status)
+                raise
+        log.info("Removed pod %s: its modules are uninstalled.", pod.key)
+
+
+async def poll_inventories(registry: BaseRegistry, tunnel: ModuleCommands) -> None:
+    """Ask every live base for its full module list (spread a little over time)."""
+    for number, identity in enumerate(list(registry.identities())):
+        await tunnel.query_all_biz(identity)
+        if number % 100 == 99:
+            await asyncio.sleep(0)

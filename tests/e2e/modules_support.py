@@ -1,0 +1,166 @@
+"""Helpers for module end-to-end tests: workloads of module pods and watching them."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes_asyncio import client, watch
+
+from module_controller.simulator.base import SimulatedBase
+from tests.waiting import wait_for
+
+SAMPLE = Path(__file__).parents[2] / "samples" / "module-deployment.yaml"
+MODULE_LABEL = "module-controller.koupleless.io/component"
+JAR = "https://repo.example/modules/{name}-{version}-ark-biz.jar"
+
+
+def manifest(body: dict[str, Any]) -> Any:
+    """The client is typed for model objects but sends plain dicts as they are."""
+    return body
+
+
+def sample_deployment() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    return loaded
+
+
+def module_container(name: str, version: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": JAR.format(name=name, version=version),
+        "env": [{"name": "BIZ_VERSION", "value": version}],
+    }
+
+
+def pod_template(
+    app: str,
+    env: str,
+    modules: list[tuple[str, str]],
+    base_name: str = "base",
+    base_version: str = "1.1.1",
+    spread: bool = False,
+) -> dict[str, Any]:
+    """The seed's pod template, pinned to one test's env (so tests never share nodes)."""
+    template: dict[str, Any] = copy.deepcopy(sample_deployment()["spec"]["template"])
+    template["metadata"]["labels"] = {MODULE_LABEL: "module", "app": app}
+    spec = template["spec"]
+    spec["containers"] = [module_container(name, version) for name, version in modules]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expressions = terms["nodeSelectorTerms"][0]["matchExpressions"]
+    for expression in expressions:
+        if expression["key"] == "base.koupleless.io/version":
+            expression["values"] = [base_version]
+        if expression["key"] == "base.koupleless.io/name":
+            expression["values"] = [base_name]
+    spec["nodeSelector"] = {"virtual-kubelet.koupleless.io/env": env}
+    if spread:
+        # One pod of a version per base, so an update lands next to the old version.
+        version = "-".join(v for _, v in modules)
+        template["metadata"]["labels"]["version"] = version
+        spec["affinity"]["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"app": app, "version": version}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    return template
+
+
+def deployment(
+    name: str, env: str, replicas: int, modules: list[tuple[str, str]], **template: Any
+) -> Any:
+    """A Deployment manifest (typed Any: it goes to the client as it is)."""
+    body = sample_deployment()
+    body["metadata"] = {"name": name}
+    body["spec"]["replicas"] = replicas
+    body["spec"]["selector"] = {"matchLabels": {"app": name}}
+    body["spec"]["template"] = pod_template(name, env, modules, **template)
+    return body
+
+
+def set_modules(template: dict[str, Any], modules: list[tuple[str, str]]) -> None:
+    template["spec"]["containers"] = [module_container(n, v) for n, v in modules]
+    if "version" in template["metadata"]["labels"]:
+        version = "-".join(v for _, v in modules)
+        template["metadata"]["labels"]["version"] = version
+        anti = template["spec"]["affinity"]["podAntiAffinity"]
+        anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]["matchLabels"][
+            "version"
+        ] = version
+
+
+def is_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def modules_of(base: SimulatedBase) -> dict[str, str]:
+    """name:version -> state of every module on a simulated base."""
+    return {biz.key: biz.state.value for biz in base.modules()}
+
+
+@dataclass
+class PodHistory:
+    """Every pod event of a namespace in the order the API server produced them."""
+
+    events: list[tuple[int, str, client.V1Pod]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self, api: client.ApiClient, namespace: str) -> None:
+        self._task = asyncio.create_task(self._watch(api, namespace))
+
+    async def _watch(self, api: client.ApiClient, namespace: str) -> None:
+        core = client.CoreV1Api(api)
+        version = (await core.list_namespaced_pod(namespace)).metadata.resource_version
+        while True:
+            stream = watch.Watch()
+            async with stream.stream(
+                core.list_namespaced_pod,
+                namespace,
+                resource_version=version,
+                timeout_seconds=300,
+            ) as events:
+                async for event in events:
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    self.events.append((int(version), event["type"], pod))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_pods(
+    core: client.CoreV1Api,
+    namespace: str,
+    selector: str,
+    check: Callable[[list[client.V1Pod]], bool],
+    what: str,
+    timeout: float = 60,
+    diagnose: Callable[[], Awaitable[str]] | None = None,
+) -> list[client.V1Pod]:
+    async def condition() -> tuple[list[client.V1Pod]] | None:
+        pods = (await core.list_namespaced_pod(namespace, label_selector=selector)).items
+        return (pods,) if check(pods) else None  # a tuple: "no pods" can be the answer
+
+    async def describe() -> str:
+        pods = (await core.list_namespaced_pod(namespace, label_selector=selector)).items
+        lines = [
+            f"pod {p.metadata.name} node={p.spec.node_name} phase={p.status.phase} "
+            f"ready={is_ready(p)} deleting={p.metadata.deletion_timestamp is not None} "
+            f"image={[c.image for c in p.spec.containers]}"
+            for p in pods
+        ]
+        extra = await diagnose() if diagnose else ""
+        return "\n".join(lines) + "\n" + extra
+
+    (pods,) = await wait_for(condition, timeout=timeout, what=what, diagnose=describe)
+    return pods
