@@ -15,7 +15,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from module_controller import run_cli
+    from module_controller import demo, run_cli
     from module_controller.simulator import cli as simulator_cli
     from module_controller.testbed import cli as testbed_cli
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cli.register(commands)
     testbed_cli.register(commands)
     simulator_cli.register(commands)
+    demo.register(commands)
     return parser
 
 
