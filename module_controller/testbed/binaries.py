@@ -141,7 +141,7 @@ def _version_ldflags(version: str) -> str:
 def _build_kubernetes(out: Path) -> None:
     work = working_copy("kubernetes")
     try:
-        if _required_version(work / "go.mod", "k8s.io/kubernetes") != f"v{KUBERNETES_VERSION}":
+        if required_version(work / "go.mod", "k8s.io/kubernetes") != f"v{KUBERNETES_VERSION}":
             regenerate_kubernetes_gomod(work, KUBERNETES_VERSION)
         go(
             [
@@ -160,11 +160,23 @@ def _build_kubernetes(out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build_etcd(out: Path) -> None:
-    work = working_copy("etcd")
+def build_pinned_module(
+    wrapper: str,
+    module: str,
+    version: str,
+    package: str,
+    binary: Path,
+    ldflags: Callable[[Path], str] = lambda _: "-s -w",
+) -> None:
+    """Build `package` from a wrapper module that requires `module` at `version`.
+
+    A wrapper whose go.mod names another version is re-pinned and tidied first, so moving
+    to another release is a change of one constant. `ldflags` may read the tidied module.
+    """
+    work = working_copy(wrapper)
     try:
-        if _required_version(work / "go.mod", "go.etcd.io/etcd/server/v3") != f"v{ETCD_VERSION}":
-            go(["mod", "edit", f"-require=go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], work)
+        if required_version(work / "go.mod", module) != f"v{version}":
+            go(["mod", "edit", f"-require={module}@v{version}"], work)
             go(["mod", "tidy"], work)
         go(
             [
@@ -172,10 +184,10 @@ def _build_etcd(out: Path) -> None:
                 "-trimpath",
                 "-buildvcs=false",
                 "-ldflags",
-                "-s -w",
+                ldflags(work),
                 "-o",
-                str(out / "etcd"),
-                "go.etcd.io/etcd/server/v3",
+                str(binary),
+                package,
             ],
             cwd=work,
         )
@@ -183,7 +195,12 @@ def _build_etcd(out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _required_version(gomod: Path, module: str) -> str | None:
+def _build_etcd(out: Path) -> None:
+    module = "go.etcd.io/etcd/server/v3"
+    build_pinned_module("etcd", module, ETCD_VERSION, module, out / "etcd")
+
+
+def required_version(gomod: Path, module: str) -> str | None:
     match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", gomod.read_text(), re.M)
     return match.group(1) if match else None
 

@@ -10,11 +10,9 @@ is re-tidied for the new version on the first build).
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 from pathlib import Path
 
-from module_controller.testbed.binaries import ensure_built, go, working_copy
+from module_controller.testbed.binaries import build_pinned_module, ensure_built, go
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +26,14 @@ def ensure_helm() -> Path:
 
 
 def _build_helm(out: Path) -> None:
-    work = working_copy("helm")
-    try:
-        if _required_helm_version(work / "go.mod") != f"v{HELM_VERSION}":
-            go(["mod", "edit", f"-require={HELM_MODULE}@v{HELM_VERSION}"], work)
-            go(["mod", "tidy"], work)
-        go(
-            [
-                "build",
-                "-trimpath",
-                "-buildvcs=false",
-                "-ldflags",
-                _ldflags(_client_go_version(work)),
-                "-o",
-                str(out / "helm"),
-                f"{HELM_MODULE}/cmd/helm",
-            ],
-            cwd=work,
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _required_helm_version(gomod: Path) -> str | None:
-    match = re.search(
-        rf"^\s*(?:require\s+)?{re.escape(HELM_MODULE)}\s+(v\S+)", gomod.read_text(), re.M
+    build_pinned_module(
+        "helm",
+        HELM_MODULE,
+        HELM_VERSION,
+        f"{HELM_MODULE}/cmd/helm",
+        out / "helm",
+        lambda work: _ldflags(_client_go_version(work)),
     )
-    return match.group(1) if match else None
 
 
 def _client_go_version(work: Path) -> str:

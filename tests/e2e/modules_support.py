@@ -74,6 +74,16 @@ def pod_template(
     return template
 
 
+def bare_pod(name: str, template: dict[str, Any]) -> dict[str, Any]:
+    """A bare Pod made from a pod template."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
+
+
 def deployment(
     name: str, env: str, replicas: int, modules: list[tuple[str, str]], **template: Any
 ) -> Any:

@@ -19,6 +19,7 @@ from module_controller.simulator.base import SimulatedBase
 from tests.e2e.conftest import BaseFactory, OperatorFactory, OperatorProcess
 from tests.e2e.modules_support import (
     PodHistory,
+    bare_pod,
     deployment,
     is_ready,
     manifest,
@@ -180,12 +181,7 @@ async def test_bare_pod_daemonset_and_statefulset_release_modules(
     scene: Scene, test_env: str
 ) -> None:
     template = pod_template("bare", test_env, [("biz-bare", "1.0.0")])
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "bare", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }
+    pod = bare_pod("bare", template)
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
     daemon = {
         "apiVersion": "apps/v1",
@@ -314,12 +310,7 @@ async def test_deleting_the_deployment_uninstalls_everything(scene: Scene, test_
 @pytest.mark.bases(1)
 async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_env: str) -> None:
     template = pod_template("inplace", test_env, [("biz1", "1.0.0")])
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "inplace", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }
+    pod = bare_pod("inplace", template)
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
     await scene.pods("app=inplace", all_ready(1), "the pod Ready with 1.0.0")
     base = scene.bases[0]
@@ -466,12 +457,7 @@ async def test_recreating_a_pod_of_the_same_version_never_uninstalls_it(
     template = pod_template("again", test_env, [("biz1", "1.0.0")])
 
     def body(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": template["metadata"]["labels"]},
-            "spec": template["spec"],
-        }
+        return bare_pod(name, template)
 
     await scene.core.create_namespaced_pod(scene.namespace, manifest(body("first")))
     await scene.pods("app=again", all_ready(1), "the first pod Ready")
@@ -503,12 +489,7 @@ async def test_broken_module_pods_say_what_is_wrong_and_send_nothing(
         },
     ]
     template["spec"]["containers"] = containers
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "broken", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }
+    pod = bare_pod("broken", template)
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
 
     def explained(pods: list[client.V1Pod]) -> bool:
@@ -596,12 +577,7 @@ async def test_an_uninstall_that_keeps_failing_cannot_keep_the_pod_forever(
     scene: Scene, test_env: str
 ) -> None:
     template = pod_template("sticky", test_env, [("biz1", "1.0.0")])
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "sticky", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }
+    pod = bare_pod("sticky", template)
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
     await scene.pods("app=sticky", all_ready(1), "the pod Ready")
     base = scene.bases[0]
