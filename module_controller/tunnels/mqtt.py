@@ -86,6 +86,16 @@ class DropReason:
 
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
+LOGGED_TEXT_LIMIT = 300
+
+
+def _shorten(value: str | Exception) -> str:
+    text = str(value)
+    if len(text) <= LOGGED_TEXT_LIMIT:
+        return text
+    return f"{text[:LOGGED_TEXT_LIMIT]}... ({len(text)} characters)"
+
+
 DropHook = Callable[[str], None]
 
 
@@ -105,9 +115,19 @@ class MessageDecoder:
         self.dropped[reason] += 1
         if self._on_drop is not None:
             self._on_drop(reason)
-        self._log.warning(reason, "Dropped an MQTT message: " + message, *args)
+        # A hostile payload may be megabytes; its error text quotes it. Say enough, not all.
+        shown = tuple(_shorten(arg) if isinstance(arg, str | Exception) else arg for arg in args)
+        self._log.warning(reason, "Dropped an MQTT message: " + message, *shown)
 
     def decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
+        """The event a message carries, or None when it was dropped; never raises."""
+        try:
+            return self._decode(topic, payload)
+        except Exception as error:  # a bug in decoding must cost one message, not the tunnel
+            self._drop(DropReason.MALFORMED, "%s could not be decoded: %r", topic, error)
+            return None
+
+    def _decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
         if len(payload) > self.settings.max_message_bytes:
             self._drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
             return None
@@ -239,7 +259,7 @@ class MqttTunnel:
         return f"{self.settings.mqtt_client_prefix}@@@{self.settings.client_id}"
 
     def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.settings.mqtt_broker,
             self.settings.mqtt_port,
             username=self.settings.mqtt_username or None,
@@ -250,6 +270,10 @@ class MqttTunnel:
             timeout=10,
             tls_context=self._tls,
         )
+        # Hundreds of bases starting together mean hundreds of baseline answers in flight;
+        # that is normal here, not the warning aiomqtt prints past 10.
+        client.pending_calls_threshold = 10_000
+        return client
 
     async def run(self) -> None:
         """Connect, subscribe, dispatch; on any broker trouble, back off and do it all again."""

@@ -109,3 +109,25 @@ def test_subscriptions_cover_every_base_message_of_the_env() -> None:
     assert "koupleless_dev/+/base/heart" in topics
     assert "koupleless_dev/+/base/bizOperation" in topics
     assert not any(topic.endswith("/baseline") for topic in topics), "our own publications"
+
+
+def test_a_bug_while_decoding_costs_one_message_not_the_tunnel(
+    decoder: MessageDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*_: object) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr("module_controller.tunnels.mqtt.decode_base_message", explode)
+    assert decoder.decode(HEART.format(id="b1"), heartbeat("b1")) is None
+    assert decoder.dropped == {DropReason.MALFORMED: 1}
+
+
+def test_the_log_line_of_a_huge_bad_message_stays_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    decoder = MessageDecoder(Settings())
+    raw = json.loads(heartbeat("b1"))
+    raw["data"]["state"] = "x" * 100_000
+    assert decoder.decode(HEART.format(id="b1"), json.dumps(raw).encode()) is None
+    assert len(caplog.records) == 1
+    assert len(caplog.records[0].getMessage()) < 1000
