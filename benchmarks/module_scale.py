@@ -68,7 +68,9 @@ class PodWatch:
         version = (await core.list_namespaced_pod(namespace)).metadata.resource_version
         while True:
             async with watch.Watch().stream(
-                core.list_namespaced_pod, namespace, resource_version=version,
+                core.list_namespaced_pod,
+                namespace,
+                resource_version=version,
                 timeout_seconds=600,
             ) as stream:
                 async for event in stream:
@@ -122,7 +124,10 @@ async def main(bases_count: int, deployments: int) -> None:
     )
     fleet = Fleet(
         BaseConfig(
-            name="base", version="1.1.1", env=ENV, http_api=False,
+            name="base",
+            version="1.1.1",
+            env=ENV,
+            http_api=False,
             mqtt=MqttSettings(broker.host, broker.port, broker.username, broker.password),
         ),
         first_ip="127.0.40.1",
@@ -135,10 +140,12 @@ async def main(bases_count: int, deployments: int) -> None:
         by_node = {f"virtual-node-{b.identity}": b for b in fleet.bases}
 
         async def nodes_ready() -> bool:
-            nodes = (await core.list_node(label_selector="virtual-kubelet.koupleless.io/env="
-                                          + ENV)).items
+            nodes = (
+                await core.list_node(label_selector="virtual-kubelet.koupleless.io/env=" + ENV)
+            ).items
             schedulable = [
-                n for n in nodes
+                n
+                for n in nodes
                 if not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
             ]
             return len(schedulable) == bases_count
@@ -146,15 +153,16 @@ async def main(bases_count: int, deployments: int) -> None:
         began = time.monotonic()
         await wait(nodes_ready, 180, f"{bases_count} Ready nodes")
         print(f"{bases_count} bases Ready as nodes in {time.monotonic() - began:.1f}s")
-        await core.create_namespace({"metadata": {"name": "bench"}})
+        await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="bench")))
         pods = PodWatch()
         watcher = asyncio.create_task(pods.run(api, "bench"))
         await asyncio.sleep(1)
 
         began = time.monotonic()
         for number in range(deployments):
-            body = deployment(f"m{number}", ENV, bases_count, [(f"biz{number}", "1.0.0")],
-                              spread=True)
+            body = deployment(
+                f"m{number}", ENV, bases_count, [(f"biz{number}", "1.0.0")], spread=True
+            )
             await apps.create_namespaced_deployment("bench", body)
         total = bases_count * deployments
 
@@ -168,8 +176,9 @@ async def main(bases_count: int, deployments: int) -> None:
         for name, bound in pods.bound.items():
             base = by_node[pods.nodes[name]]
             module = name.split("-")[0].replace("m", "biz", 1)
-            received = [c.at for c in base.received("installBiz")
-                        if c.payload.get("bizName") == module]
+            received = [
+                c.at for c in base.received("installBiz") if c.payload.get("bizName") == module
+            ]
             if received and name in pods.ready:
                 to_install.append(received[0] - bound)
                 to_ready.append(pods.ready[name] - received[0])
@@ -194,8 +203,10 @@ async def main(bases_count: int, deployments: int) -> None:
             )
 
         await wait(rolled_out, 900, "the rolling update to finish")
-        print(f"rolling update of {bases_count} replicas across {bases_count} bases: "
-              f"{time.monotonic() - began:.1f}s")
+        print(
+            f"rolling update of {bases_count} replicas across {bases_count} bases: "
+            f"{time.monotonic() - began:.1f}s"
+        )
         watcher.cancel()
     finally:
         operator.terminate()
