@@ -69,6 +69,7 @@ class ModuleController:
         self.readiness = readiness or Readiness(["kubernetes", "mqtt"])
         self.registry = BaseRegistry(settings)
         self.nodes = NodeSyncer(settings, self.registry, api)
+        self.nodes.api_errors = lambda status: self.metrics.record_api_error("nodes", status)
         self.tunnel = MqttTunnel(
             settings,
             self.handle,
@@ -194,6 +195,8 @@ class ModuleController:
         installing = result.command == "installBiz"
         if installing:
             self.module_sync.install_answered(event.identity, key, ok)
+        else:
+            self.module_sync.uninstall_answered(event.identity, key, ok)
         record = self.registry.bases.get(event.identity)
         if record is None:
             return
@@ -323,6 +326,7 @@ class ModuleController:
         self.metrics.set_bases(len(bases))
         ready = sum(1 for base in bases if base.ready)
         self.metrics.set_nodes({"ready": ready, "not_ready": len(bases) - ready})
+        self.metrics.set_module_pods(self.module_sync.pod_states())
 
     def _count_drop(self, reason: str) -> None:
         self.metrics.record_mqtt_dropped(cast(MqttDropReason, reason))

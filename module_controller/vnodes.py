@@ -268,9 +268,16 @@ class NodeSyncer:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
-        self.queue = KeyedWorkQueue(self.sync, workers=workers, name="node sync")
+        self.queue = KeyedWorkQueue(
+            self.sync, workers=workers, name="node sync", on_error=self._count_error
+        )
+        self.api_errors: Callable[[int | None], None] | None = None
         self.existing: dict[str, AppliedNode] = {}
         self._lease_limit = asyncio.Semaphore(16)
+
+    def _count_error(self, error: Exception) -> None:
+        if isinstance(error, ApiException) and self.api_errors is not None:
+            self.api_errors(error.status)
 
     def start(self) -> None:
         self.queue.start()

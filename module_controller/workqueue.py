@@ -22,12 +22,14 @@ class KeyedWorkQueue:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         name: str = "work",
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self._process = process
         self._workers = workers
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._name = name
+        self._on_error = on_error
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._active: set[str] = set()
@@ -80,6 +82,8 @@ class KeyedWorkQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if self._on_error is not None:
+                    self._on_error(error)
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 delay = min(self._retry_initial * 2 ** (failures - 1), self._retry_max)

@@ -40,8 +40,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = logging.INFO
     metrics = Metrics()
     readiness = Readiness(["kubernetes", "mqtt"])
-    memo["http"] = await server.start(
+    http = await server.start(
         metrics, readiness, metrics_port=ours.metrics_port, health_port=ours.health_port
+    )
+    memo["http"] = http
+    log.info(
+        "Serving /metrics on port %s and /healthz, /readyz on port %s.",
+        http.ports.get("/metrics"),
+        http.ports.get("/healthz"),
     )
     api = await new_api_client()
     controller = ModuleController(ours, api, metrics, readiness)

@@ -19,8 +19,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.modules.planner import EventType, PlanContext, plan_base
 from module_controller.modules.state import ModulePod, ModuleState
-from module_controller.observability.metrics import Metrics
+from module_controller.observability.metrics import Metrics, ModulePodState
 from module_controller.protocol import BizModel
+from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.workqueue import KeyedWorkQueue
@@ -69,9 +70,16 @@ class ModuleSync:
         self.metrics = metrics
         self.events: PodEvents = events or LogOnlyEvents()
         self.clock = clock
-        self.queue = KeyedWorkQueue(self.sync_base, workers=8, name="module sync")
-        # When each install was sent, for the install latency histogram.
+        self.queue = KeyedWorkQueue(
+            self.sync_base, workers=8, name="module sync", on_error=self._count_error
+        )
+        # When each install / uninstall was sent, for the latency histograms.
         self._install_sent: dict[tuple[str, str], float] = {}
+        self._uninstall_sent: dict[tuple[str, str], float] = {}
+
+    def _count_error(self, error: Exception) -> None:
+        if isinstance(error, ApiException):
+            self.metrics.record_api_error("pods/status", error.status)
 
     def start(self) -> None:
         self.queue.start()
@@ -93,6 +101,41 @@ class ModuleSync:
         if sent is not None:
             self.metrics.observe_install(self.clock() - sent, "success" if ok else "failure")
 
+    def uninstall_answered(self, identity: str, key: str, ok: bool) -> None:
+        sent = self._uninstall_sent.pop((identity, key), None)
+        if sent is not None:
+            self.metrics.observe_uninstall(self.clock() - sent, "success" if ok else "failure")
+
+    def pod_states(self) -> dict[ModulePodState, int]:
+        """How many module pods stand where, for the module pods gauge."""
+        counts: dict[ModulePodState, int] = {}
+        for pod in self.state.pods.values():
+            state = self._pod_state(pod)
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def _pod_state(self, pod: ModulePod) -> ModulePodState:
+        if pod.deleting:
+            return "uninstalling"
+        if not pod.wants.valid:
+            return "failed"
+        if pod.observed_ready:
+            return "ready"
+        record = self.registry.base_of_node(pod.node_name) if pod.node_name else None
+        base = self.state.bases.get(record.identity) if record is not None else None
+        if base is None or base.inventory is None:
+            return "pending"
+        installed = [base.inventory.get(spec.key) for spec in pod.wants.modules]
+        if any(m is not None and m.state is BizState.BROKEN for m in installed):
+            return "failed"
+        if any(m is None for m in installed):
+            return (
+                "installing"
+                if any(spec.key in base.installing for spec in pod.wants.modules)
+                else "pending"
+            )
+        return "not_ready"
+
     async def sync_base(self, identity: str) -> None:
         record = self.registry.bases.get(identity)
         if record is None:
@@ -112,6 +155,7 @@ class ModuleSync:
             return
         for biz in plan.uninstalls:
             log.info("Uninstalling %s from base %s.", biz.key, identity)
+            self._uninstall_sent.setdefault((identity, biz.key), self.clock())
             await self.tunnel.uninstall_biz(identity, biz)
         for spec in plan.installs:
             log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
