@@ -196,10 +196,15 @@ async def main(bases_count: int, deployments: int) -> None:
             current = await apps.read_namespaced_deployment("m0", "bench")
             status = current.status
             listed = await core.list_namespaced_pod("bench", label_selector="app=m0")
-            return (
-                status.updated_replicas == bases_count
+            new_image = all(
+                p.spec.containers[0].image.endswith("biz0-2.0.0-ark-biz.jar") for p in listed.items
+            )
+            return bool(
+                (status.observed_generation or 0) >= current.metadata.generation
+                and status.updated_replicas == bases_count
                 and status.available_replicas == bases_count
                 and len(listed.items) == bases_count
+                and new_image
             )
 
         await wait(rolled_out, 900, "the rolling update to finish")

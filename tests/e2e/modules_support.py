@@ -84,6 +84,18 @@ def bare_pod(name: str, template: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def daemon_set(name: str, env: str, modules: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": pod_template(name, env, modules),
+        },
+    }
+
+
 def deployment(
     name: str, env: str, replicas: int, modules: list[tuple[str, str]], **template: Any
 ) -> Any:

@@ -20,6 +20,7 @@ from tests.e2e.conftest import BaseFactory, OperatorFactory, OperatorProcess
 from tests.e2e.modules_support import (
     PodHistory,
     bare_pod,
+    daemon_set,
     deployment,
     is_ready,
     manifest,
@@ -183,15 +184,7 @@ async def test_bare_pod_daemonset_and_statefulset_release_modules(
     template = pod_template("bare", test_env, [("biz-bare", "1.0.0")])
     pod = bare_pod("bare", template)
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
-    daemon = {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "daemon"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "daemon"}},
-            "template": pod_template("daemon", test_env, [("biz-daemon", "1.0.0")]),
-        },
-    }
+    daemon = daemon_set("daemon", test_env, [("biz-daemon", "1.0.0")])
     await scene.apps.create_namespaced_daemon_set(scene.namespace, manifest(daemon))
     stateful = {
         "apiVersion": "apps/v1",
@@ -337,15 +330,7 @@ async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_
 
 @pytest.mark.bases(2)
 async def test_a_daemonset_update_completes(scene: Scene, test_env: str) -> None:
-    body: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "daemon"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "daemon"}},
-            "template": pod_template("daemon", test_env, [("biz-daemon", "1.0.0")]),
-        },
-    }
+    body = daemon_set("daemon", test_env, [("biz-daemon", "1.0.0")])
     await scene.apps.create_namespaced_daemon_set(scene.namespace, manifest(body))
     await scene.pods("app=daemon", all_ready(2), "daemon pods Ready")
     set_modules(body["spec"]["template"], [("biz-daemon", "2.0.0")])
