@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
+from module_controller.kube import new_api_client
 from module_controller.testbed import testbed
 from module_controller.testbed.binaries import ensure_binaries
 from module_controller.testbed.mosquitto import BrokerInfo
@@ -122,7 +123,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo
 
 @pytest.fixture(scope="session")
 async def k8s_api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
-    api = await config.new_client_from_config(config_file=str(kubeconfig))
+    api = await new_api_client(str(kubeconfig))
     try:
         yield api
     finally:

@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 import kopf
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.config import ConfigException
+from kubernetes_asyncio import client
 
 from module_controller.controller import ModuleController
+from module_controller.kube import new_api_client
 from module_controller.observability import server
 from module_controller.observability.metrics import Metrics
 from module_controller.observability.server import Readiness
@@ -17,15 +17,6 @@ from module_controller.settings import SettingsError, load_settings
 from module_controller.vnodes import node_selector
 
 log = logging.getLogger(__name__)
-
-
-async def new_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except ConfigException:
-        return await config.new_client_from_config()
 
 
 @kopf.on.startup()
