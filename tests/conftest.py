@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +44,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run cluster tests against a kind cluster made by pytest-kind (needs Docker)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (CI limits, `kill`) must still stop the testbed it started:
+    # as an interrupt, session fixtures are torn down; as a bare signal, nothing would be.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _docker_engine_reachable() -> bool:
