@@ -26,6 +26,7 @@ from module_controller.observability.server import Readiness
 from module_controller.protocol import BaseStatus
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.tasks import cancel_and_wait
 from module_controller.tunnels.events import (
     BaseHealthReport,
     BaseHeartbeat,
@@ -107,9 +108,7 @@ class ModuleController:
         self.started.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._tasks, *self._short_tasks])
         self._tasks.clear()
         await self.module_sync.stop()
         await self.nodes.stop()

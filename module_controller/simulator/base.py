@@ -37,6 +37,7 @@ from module_controller.simulator.faults import Faults
 from module_controller.simulator.http_api import ArkletHttpServer
 from module_controller.simulator.http_tunnel import run_http_heartbeat
 from module_controller.simulator.mqtt_tunnel import MqttTunnel
+from module_controller.tasks import cancel_and_wait
 
 log = logging.getLogger("module_controller.simulator")
 
@@ -160,9 +161,7 @@ class SimulatedBase:
             self._mqtt.abort()
             # Let the tunnel notice the dead socket itself, so nothing tries a DISCONNECT.
             await asyncio.wait({self._mqtt_task}, timeout=2.0)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         self._tasks.clear()
         if self._http is not None:
             await self._http.stop()
