@@ -64,6 +64,7 @@ class MqttTunnel:
                 await self._session()
                 delay = RECONNECT_MIN_S
             except aiomqtt.MqttError as exc:
+                _raise_if_cancelling()
                 if self._aborting:
                     break
                 log.warning("%s: MQTT connection lost or refused: %s", self._label, exc)
@@ -139,3 +140,15 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     if settings.client_crt_path and settings.client_key_path:
         context.load_cert_chain(settings.client_crt_path, settings.client_key_path)
     return context
+
+
+def _raise_if_cancelling() -> None:
+    """A cancelled session can end in an MqttError instead of CancelledError.
+
+    aiomqtt waits up to its timeout for the broker to acknowledge a DISCONNECT while the
+    cancellation unwinds, and a timeout there raises MqttError, which would otherwise be
+    taken for a lost connection and reconnected: the task would never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -301,6 +301,7 @@ class MqttTunnel:
                     async for message in client.messages:
                         await self._dispatch(str(message.topic), message.payload)
             except aiomqtt.MqttError as error:
+                _raise_if_cancelling()
                 reason = str(error) or type(error).__name__
                 log.warning(
                     "The MQTT broker %s:%d is unreachable (%s); retrying in %.0fs.",
@@ -360,3 +361,15 @@ class MqttTunnel:
     async def send_baseline(self, identity: str, modules: list[BizModel]) -> None:
         topic = base_topic(self.settings.env, identity, BaseTopic.BASELINE)
         await self._publish(topic, encode(Baseline(modules)))
+
+
+def _raise_if_cancelling() -> None:
+    """A cancelled session can end in an MqttError instead of CancelledError.
+
+    aiomqtt waits up to its timeout for the broker to acknowledge a DISCONNECT while the
+    cancellation unwinds, and a timeout there raises MqttError, which would otherwise be
+    taken for a lost connection and reconnected: the task would never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

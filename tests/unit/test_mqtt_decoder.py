@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import aiomqtt
 import pytest
 
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, now_ms, wrap
 from module_controller.settings import Settings
 from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat, BaseInventory
-from module_controller.tunnels.mqtt import DropReason, MessageDecoder, subscriptions
+from module_controller.tunnels.mqtt import DropReason, MessageDecoder, MqttTunnel, subscriptions
 
 HEART = "koupleless_dev/{id}/base/heart"
 
@@ -131,3 +133,38 @@ def test_the_log_line_of_a_huge_bad_message_stays_short(
     assert decoder.decode(HEART.format(id="b1"), json.dumps(raw).encode()) is None
     assert len(caplog.records) == 1
     assert len(caplog.records[0].getMessage()) < 1000
+
+
+class _ClientTimingOutOnExit:
+    """Connects, then never delivers; on exit fails like an unacknowledged DISCONNECT."""
+
+    async def __aenter__(self) -> _ClientTimingOutOnExit:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        raise aiomqtt.MqttError("Operation timed out")
+
+    async def subscribe(self, *_: object, **__: object) -> None:
+        return None
+
+    @property
+    def messages(self) -> AsyncIterator[object]:
+        async def never() -> AsyncIterator[object]:
+            await asyncio.Event().wait()
+            yield None
+
+        return never()
+
+
+async def test_a_cancelled_tunnel_stops_even_if_disconnecting_fails() -> None:
+    async def deliver(_: object) -> None:
+        return None
+
+    tunnel = MqttTunnel(Settings(), deliver)
+    tunnel._new_client = _ClientTimingOutOnExit  # type: ignore[assignment,method-assign]
+    task = asyncio.create_task(tunnel.run())
+    await asyncio.wait_for(tunnel.connected.wait(), timeout=5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done, "the tunnel took the failed DISCONNECT for a lost connection"
+    assert task.cancelled()
