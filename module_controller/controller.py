@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -85,8 +86,6 @@ class ModuleController:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._short_tasks: set[asyncio.Task[None]] = set()
-        self.started = asyncio.Event()
-        self.failed = asyncio.Event()
 
     async def start(self) -> None:
         await self.nodes.adopt_existing()
@@ -105,7 +104,6 @@ class ModuleController:
             self._every(self.settings.lease_renew_seconds, self.nodes.renew_leases), "leases"
         )
         self._spawn(self._every(self.settings.health_poll_seconds, self._poll_health), "health")
-        self.started.set()
 
     async def stop(self) -> None:
         await cancel_and_wait([*self._tasks, *self._short_tasks])
@@ -121,9 +119,11 @@ class ModuleController:
             except asyncio.CancelledError:
                 raise
             except BaseException:
-                # A background task must never die silently: say so loudly, then stop.
-                log.critical("The %s task failed; the operator cannot go on.", name, exc_info=True)
-                self.failed.set()
+                # A background task must never die silently: say so, then stop the process
+                # (Kopf shuts down on SIGTERM) so that it is restarted whole, not half-alive.
+                log.critical("The %s task failed; the operator stops.", name, exc_info=True)
+                self.readiness.set("mqtt" if name == "mqtt-tunnel" else "kubernetes", False, name)
+                signal.raise_signal(signal.SIGTERM)
                 raise
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))

@@ -36,8 +36,6 @@ class KeyedWorkQueue:
         self._again: set[str] = set()
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def add(self, key: str) -> None:
         if key in self._active:
@@ -46,7 +44,6 @@ class KeyedWorkQueue:
         if key in self._pending:
             return
         self._pending.add(key)
-        self._idle.clear()
         self._queue.put_nowait(key)
 
     def add_all(self, keys: list[str]) -> None:
@@ -64,13 +61,6 @@ class KeyedWorkQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-    def _check_idle(self) -> None:
-        if not self._pending and not self._active:
-            self._idle.set()
 
     async def _work(self) -> None:
         while True:
@@ -103,4 +93,3 @@ class KeyedWorkQueue:
                 if key in self._again:
                     self._again.discard(key)
                     self.add(key)
-                self._check_idle()

@@ -112,20 +112,12 @@ class Arklet:
             response = await self._install_locked(name, version, url, request.install_strategy)
         finally:
             self._unlock(name, version)
-        if response.ok:
-            return ArkletResponse(code=ResponseCode.SUCCESS, data=response)
-        return ArkletResponse(
-            code=ResponseCode.FAILED, message=INSTALL_NOT_SUCCESS_TEXT, data=response
-        )
+        return _answer(response, INSTALL_NOT_SUCCESS_TEXT)
 
     async def uninstall(self, request: BizModel) -> ArkletResponse[Any]:
-        if not request.biz_name or not request.biz_version:
-            raise JavaException(
-                "bizName and bizVersion should not be blank", java_class=VALIDATION_EXCEPTION
-            )
+        name, version = _name_and_version(request)
         if request.async_:
             return self._start_async(ArkletCommand.UNINSTALL_BIZ, request)
-        name, version = request.biz_name, request.biz_version
         conflict = self._lock(name, version, ArkletCommand.UNINSTALL_BIZ)
         if conflict is not None:
             return conflict
@@ -134,18 +126,10 @@ class Arklet:
             response = self._container.uninstall(name, version, stop_fails=fails)
         finally:
             self._unlock(name, version)
-        if response.ok:
-            return ArkletResponse(code=ResponseCode.SUCCESS, data=response)
-        return ArkletResponse(
-            code=ResponseCode.FAILED, message=UNINSTALL_NOT_SUCCESS_TEXT, data=response
-        )
+        return _answer(response, UNINSTALL_NOT_SUCCESS_TEXT)
 
     async def switch(self, request: BizModel) -> ArkletResponse[Any]:
-        if not request.biz_name or not request.biz_version:
-            raise JavaException(
-                "bizName and bizVersion should not be blank", java_class=VALIDATION_EXCEPTION
-            )
-        name, version = request.biz_name, request.biz_version
+        name, version = _name_and_version(request)
         conflict = self._lock(name, version, ArkletCommand.SWITCH_BIZ)
         if conflict is not None:
             return conflict
@@ -153,11 +137,7 @@ class Arklet:
             response = self._container.switch(name, version)
         finally:
             self._unlock(name, version)
-        if response.ok:
-            return ArkletResponse(code=ResponseCode.SUCCESS, data=response)
-        return ArkletResponse(
-            code=ResponseCode.FAILED, message=SWITCH_NOT_SUCCESS_TEXT, data=response
-        )
+        return _answer(response, SWITCH_NOT_SUCCESS_TEXT)
 
     async def batch_install(self, request: BatchInstallRequest) -> ArkletResponse[Any]:
         """Install a list in parallel (all simulated jars share one priority group)."""
@@ -375,6 +355,22 @@ class Arklet:
                 code=ResponseCode.FAILED, message=f"requestId {request_id} not found"
             )
         return ArkletResponse(code=ResponseCode.SUCCESS, data=dict(record))
+
+
+def _name_and_version(request: BizModel) -> tuple[str, str]:
+    """Uninstall and switch need both; arklet refuses the request otherwise."""
+    if not request.biz_name or not request.biz_version:
+        raise JavaException(
+            "bizName and bizVersion should not be blank", java_class=VALIDATION_EXCEPTION
+        )
+    return request.biz_name, request.biz_version
+
+
+def _answer(response: ClientResponse, failure_text: str) -> ArkletResponse[Any]:
+    """Arklet's envelope around SOFAArk's reply: SUCCESS, or FAILED with its fixed text."""
+    if response.ok:
+        return ArkletResponse(code=ResponseCode.SUCCESS, data=response)
+    return ArkletResponse(code=ResponseCode.FAILED, message=failure_text, data=response)
 
 
 def _decode(model: type[M], body: dict[str, Any]) -> M:
