@@ -371,6 +371,9 @@ class NodeSyncer:
         await self.core.patch_node(name, patch)
 
     async def _delete(self, name: str) -> None:
+        # Forget the node first: a lease renewal running meanwhile must not create the
+        # lease again after it is deleted here.
+        existed = self.existing.pop(name, None) is not None
         deletions: tuple[Callable[[], Awaitable[object]], ...] = (
             lambda: self.core.delete_node(name),
             lambda: self.coordination.delete_namespaced_lease(name, LEASE_NAMESPACE),
@@ -381,7 +384,7 @@ class NodeSyncer:
             except ApiException as error:
                 if error.status != 404:
                     raise
-        if self.existing.pop(name, None) is not None:
+        if existed:
             log.info("Deleted node %s and its lease.", name)
 
     def _lease_body(self, name: str) -> dict[str, Any]:

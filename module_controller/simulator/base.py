@@ -279,8 +279,11 @@ class SimulatedBase:
             log.info("%s: command %s is not supported over MQTT, ignored", self.label, name)
 
     async def _work(self, job: Coroutine[Any, Any, None]) -> None:
-        async with self._workers:
-            await job
+        try:
+            async with self._workers:
+                await job
+        finally:
+            job.close()  # a job cancelled while queued for a worker never started: discard it
 
     # -- MQTT: answers ----------------------------------------------------------------------
 
