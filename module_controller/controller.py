@@ -9,7 +9,6 @@ the operator does not own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -157,20 +156,13 @@ class ModuleController:
             self._nodes_changed(changed)
         elif isinstance(event, BaseInventory):
             if event.identity in self.registry.bases:
-                self.modules.set_inventory(event.identity, event.modules)
-                self.module_sync.base_changed(event.identity)
+                self.module_sync.inventory_reported(event.identity, event.modules)
         elif isinstance(event, BizOperationResult):
             if event.identity in self.registry.bases:
-                key = self.modules.apply_operation(event.identity, event.result)
-                if key is not None:
-                    self._report_operation(event, key)
-                await self._query_inventory(event.identity)
-                self.module_sync.base_changed(event.identity)
+                await self.module_sync.operation_answered(event.identity, event.result)
         elif isinstance(event, BatchInstallResult):
             if event.identity in self.registry.bases:
-                self.modules.apply_batch(event.identity, event.result)
-                await self._query_inventory(event.identity)
-                self.module_sync.base_changed(event.identity)
+                await self.module_sync.batch_answered(event.identity, event.result)
         elif isinstance(event, BaselineQuery):
             self._spawn_once(self._answer_baseline(event), f"baseline-{event.identity}")
         elif isinstance(event, BrokerConnected):
@@ -183,36 +175,6 @@ class ModuleController:
                 event.reason,
             )
             self.registry.broker_down()
-
-    def _report_operation(self, event: BizOperationResult, key: str) -> None:
-        """An install or uninstall answer, as Events on the pods that wanted it."""
-        result = event.result
-        response = result.response
-        data = response.data
-        ok = response.ok and (data is None or data.ok)
-        message = (data.message if data is not None else None) or response.message or ""
-        installing = result.command == "installBiz"
-        if installing:
-            self.module_sync.install_answered(event.identity, key, ok)
-        else:
-            self.module_sync.uninstall_answered(event.identity, key, ok)
-        record = self.registry.bases.get(event.identity)
-        if record is None:
-            return
-        verb = "installed" if installing else "uninstalled"
-        reason = (
-            ("ModuleInstalled" if installing else "ModuleUninstalled")
-            if ok
-            else ("InstallFailed" if installing else "UninstallFailed")
-        )
-        text = (
-            f"{key} {verb} on base {event.identity}"
-            if ok
-            else (f"{key} could not be {verb} on base {event.identity}: {message}")
-        )
-        for pod in self.modules.pods_on(record.node_name):
-            if any(spec.key == key for spec in pod.wants.modules):
-                self.pod_event(pod, "Normal" if ok else "Warning", reason, text)
 
     def _heartbeat(self, event: BaseHeartbeat) -> None:
         known = self.registry.bases.get(event.identity)
@@ -251,9 +213,7 @@ class ModuleController:
         self.events.record(ref, type, reason, message)
 
     async def _query_inventory(self, identity: str) -> None:
-        # Without the broker, the periodic poll asks again once it is back.
-        with contextlib.suppress(TunnelUnavailable):
-            await self.tunnel.query_all_biz(identity)
+        await self.module_sync.query_inventory(identity)
 
     async def _poll_inventories(self) -> None:
         if self.tunnel.connected.is_set():

@@ -105,6 +105,43 @@ class Settings(BaseSettings):
     mqtt_reconnect_max_seconds: float = Field(
         default=30, gt=0, description="Longest wait between two broker connection attempts."
     )
+    mqtt_keepalive_seconds: int = Field(
+        default=15,
+        ge=5,
+        description="MQTT keepalive: a broker that stops answering pings is dropped after "
+        "1.5 times this (the Go controller uses 60).",
+    )
+    broker_probe_seconds: float = Field(
+        default=3,
+        gt=0,
+        description="How often the operator sends itself a probe message through the broker, "
+        "to prove the broker still delivers.",
+    )
+    broker_suspect_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="With no message through the broker for this long (not even the "
+        "operator's own probe), the broker is suspect: base liveness clocks stop and /readyz "
+        "fails.",
+    )
+    mass_silence_share: float = Field(
+        default=0.55,
+        gt=0,
+        le=1,
+        description="When more than this share of bases go silent within one heartbeat period, "
+        "it is taken for a broker or network fault: nodes may go NotReady but none is deleted.",
+    )
+    mass_silence_max_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="How long a mass silence may keep silent bases' nodes from being deleted.",
+    )
+    base_heartbeat_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="The bases' heartbeat period (a real base beats every 10 s), the window "
+        "in which silences count as one mass silence.",
+    )
 
     # --- module pods ----------------------------------------------------------------------
     module_label: Literal[
@@ -122,6 +159,15 @@ class Settings(BaseSettings):
         default=120,
         gt=0,
         description="An install with no answer for this long is sent again.",
+    )
+    install_retry_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="First wait before a failed install is sent again (doubling each failure, "
+        "up to INSTALL_RETRY_MAX_SECONDS; a change of the pod's spec starts over).",
+    )
+    install_retry_max_seconds: float = Field(
+        default=300, gt=0, description="Longest wait between two tries of a failing install."
     )
     uninstall_retry_seconds: float = Field(
         default=5,
@@ -175,6 +221,12 @@ class Settings(BaseSettings):
             raise ValueError("BASE_DEAD_SECONDS must be longer than BASE_NOT_READY_SECONDS")
         if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise ValueError("LEASE_RENEW_SECONDS must be shorter than LEASE_DURATION_SECONDS")
+        if self.broker_suspect_seconds <= self.broker_probe_seconds:
+            raise ValueError("BROKER_SUSPECT_SECONDS must be longer than BROKER_PROBE_SECONDS")
+        if self.install_retry_max_seconds < self.install_retry_seconds:
+            raise ValueError(
+                "INSTALL_RETRY_MAX_SECONDS must not be shorter than INSTALL_RETRY_SECONDS"
+            )
         if (self.mqtt_client_crt_path is None) != (self.mqtt_client_key_path is None):
             raise ValueError("MQTT_CLIENT_CRT_PATH and MQTT_CLIENT_KEY_PATH go together")
         return self

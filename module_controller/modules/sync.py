@@ -8,6 +8,7 @@ the new pod goes Ready, which is the seed's lossless update.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -20,10 +21,16 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from module_controller.modules.planner import EventType, PlanContext, plan_base
 from module_controller.modules.state import ModulePod, ModuleState
 from module_controller.observability.metrics import Metrics, ModulePodState
-from module_controller.protocol import BizModel
+from module_controller.protocol import (
+    BatchInstallBizResponse,
+    BizModel,
+    BizOperationResponse,
+    SimpleBizInfo,
+)
 from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.tunnels.mqtt import TunnelUnavailable
 from module_controller.workqueue import KeyedWorkQueue
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,60 @@ class ModuleSync:
             record = self.registry.base_of_node(name)
             if record is not None:
                 self.queue.add(record.identity)
+
+    # --- what bases answer ---------------------------------------------------------------
+
+    def inventory_reported(self, identity: str, modules: tuple[SimpleBizInfo, ...]) -> None:
+        """A base's complete module list (its answer to queryAllBiz)."""
+        self.state.set_inventory(identity, modules)
+        self.base_changed(identity)
+
+    async def operation_answered(self, identity: str, result: BizOperationResponse) -> None:
+        """An install or uninstall answer: fold it in, tell the pods, ask for the inventory."""
+        key = self.state.apply_operation(identity, result)
+        if key is not None:
+            self._report_operation(identity, result, key)
+        await self.query_inventory(identity)
+        self.base_changed(identity)
+
+    async def batch_answered(self, identity: str, result: BatchInstallBizResponse) -> None:
+        self.state.apply_batch(identity, result)
+        await self.query_inventory(identity)
+        self.base_changed(identity)
+
+    async def query_inventory(self, identity: str) -> None:
+        # Without the broker, the periodic poll asks again once it is back.
+        with contextlib.suppress(TunnelUnavailable):
+            await self.tunnel.query_all_biz(identity)
+
+    def _report_operation(self, identity: str, result: BizOperationResponse, key: str) -> None:
+        """An install or uninstall answer, as Events on the pods that wanted it."""
+        response = result.response
+        data = response.data
+        ok = response.ok and (data is None or data.ok)
+        message = (data.message if data is not None else None) or response.message or ""
+        installing = result.command == "installBiz"
+        if installing:
+            self.install_answered(identity, key, ok)
+        else:
+            self.uninstall_answered(identity, key, ok)
+        record = self.registry.bases.get(identity)
+        if record is None:
+            return
+        verb = "installed" if installing else "uninstalled"
+        reason = (
+            ("ModuleInstalled" if installing else "ModuleUninstalled")
+            if ok
+            else ("InstallFailed" if installing else "UninstallFailed")
+        )
+        text = (
+            f"{key} {verb} on base {identity}"
+            if ok
+            else (f"{key} could not be {verb} on base {identity}: {message}")
+        )
+        for pod in self.state.pods_on(record.node_name):
+            if any(spec.key == key for spec in pod.wants.modules):
+                self.events.pod_event(pod, "Normal" if ok else "Warning", reason, text)
 
     def install_answered(self, identity: str, key: str, ok: bool) -> None:
         sent = self._install_sent.pop((identity, key), None)
