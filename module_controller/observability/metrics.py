@@ -146,6 +146,33 @@ class Metrics:
             ["resource", "status"],
             registry=self.registry,
         )
+        self._broker_delivering = Gauge(
+            f"{PREFIX}_mqtt_broker_delivering",
+            "1 while the operator's own probe comes back through the broker in time, 0 while "
+            "the broker is suspect (base liveness clocks are stopped then).",
+            registry=self.registry,
+        )
+        self._broker_suspect = Counter(
+            f"{PREFIX}_mqtt_broker_suspect",
+            "Times the broker stopped delivering the operator's probe in time.",
+            registry=self.registry,
+        )
+        self._mass_silence = Gauge(
+            f"{PREFIX}_mass_silence",
+            "1 while a mass silence of bases holds back node deletions, else 0.",
+            registry=self.registry,
+        )
+        self._pod_status_writes = Counter(
+            f"{PREFIX}_pod_status_writes",
+            "Status patches sent for module pods (none at rest).",
+            registry=self.registry,
+        )
+        self._install_commands = Counter(
+            f"{PREFIX}_module_install_commands",
+            "installBiz commands sent to bases (retries included).",
+            registry=self.registry,
+        )
+        self._delivering = False
         self._create_known_series()
 
     def _create_known_series(self) -> None:
@@ -204,6 +231,21 @@ class Metrics:
         self._api_errors.labels(
             resource=resource, status="connection" if status is None else str(status)
         ).inc()
+
+    def set_broker_delivering(self, delivering: bool) -> None:
+        if not delivering and self._delivering:
+            self._broker_suspect.inc()
+        self._delivering = delivering
+        self._broker_delivering.set(1 if delivering else 0)
+
+    def set_mass_silence(self, holding: bool) -> None:
+        self._mass_silence.set(1 if holding else 0)
+
+    def record_pod_status_write(self) -> None:
+        self._pod_status_writes.inc()
+
+    def record_install_command(self) -> None:
+        self._install_commands.inc()
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry as `/metrics` serves it, and its content type.
