@@ -166,6 +166,8 @@ class ModuleController:
         elif isinstance(event, BaselineQuery):
             self._spawn_once(self._answer_baseline(event), f"baseline-{event.identity}")
         elif isinstance(event, BrokerConnected):
+            # A fresh session whose subscriptions were acknowledged: the broker delivers.
+            self._broker_delivers()
             self.registry.broker_up()
             self.readiness.set("mqtt", True, "connected to the broker")
         elif isinstance(event, BrokerDisconnected):
@@ -189,7 +191,12 @@ class ModuleController:
 
     def _nodes_changed(self, names: list[str]) -> None:
         """Resync nodes, say what happened to them, forget the modules of bases gone."""
-        self.nodes.resync(names)
+        for name in names:
+            departure = self.registry.departures.pop(name, None)
+            if departure is not None and self.registry.base_of_node(name) is None:
+                self._spawn_once(self._retire_node(name, departure), f"retire-{name}")
+            else:
+                self.nodes.resync([name])
         for name in names:
             record = self.registry.base_of_node(name)
             applied = self.nodes.existing.get(name)
@@ -206,6 +213,13 @@ class ModuleController:
                 self.events.record(
                     node, "Normal", "BaseOnline", f"base {record.identity} is online at {record.ip}"
                 )
+
+    async def _retire_node(self, name: str, reason: str) -> None:
+        """A base is gone: its pods say so first, then its node goes (we are its kubelet)."""
+        try:
+            await self.module_sync.base_gone(name, reason)
+        finally:
+            self.nodes.resync([name])
 
     def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None:
         """Events about module pods, from the module planner."""
@@ -278,6 +292,7 @@ class ModuleController:
         self.module_sync.nodes_changed(nodes)
 
     async def _tick(self) -> None:
+        self._judge_broker()
         changed = self.registry.tick()
         self._nodes_changed(changed)
         self.module_sync.nodes_changed(set(changed))
@@ -286,6 +301,50 @@ class ModuleController:
         ready = sum(1 for base in bases if base.ready)
         self.metrics.set_nodes({"ready": ready, "not_ready": len(bases) - ready})
         self.metrics.set_module_pods(self.module_sync.pod_states())
+        self.metrics.set_mass_silence(self.registry.mass_silence)
+
+    def _judge_broker(self) -> None:
+        """Connected is not enough: the broker must deliver our own probe back in time."""
+        silence = self.tunnel.delivery_silence()
+        if silence is None:
+            return  # disconnected: BrokerDisconnected already paused liveness
+        bound = self.settings.broker_suspect_seconds
+        if silence < bound:
+            if not self.registry.broker_delivering:
+                log.info("The MQTT broker delivers again: base liveness resumes.")
+                self._broker_delivers()
+                self.readiness.set("mqtt", True, "the broker delivers")
+            return
+        detail = f"no message through the broker for {silence:.0f}s"
+        self.readiness.set("mqtt", False, detail)
+        if not self.registry.broker_delivering:
+            return
+        self.registry.broker_suspect()
+        self.metrics.set_broker_delivering(False)
+        log.warning(
+            "The MQTT broker is suspect: %s although connected (our probe did not come back). "
+            "Base liveness is paused: no node goes NotReady or is deleted for this silence.",
+            detail,
+        )
+        for record in self.registry.live_bases():
+            applied = self.nodes.existing.get(record.node_name)
+            node = ObjectRef(
+                kind="Node",
+                name=record.node_name,
+                namespace=None,
+                uid=applied.uid if applied is not None else "",
+            )
+            self.events.record(
+                node,
+                "Warning",
+                "BrokerSuspect",
+                "the MQTT broker delivers nothing (not even the operator's own probe): base "
+                "liveness is paused, the node is kept as it was",
+            )
+
+    def _broker_delivers(self) -> None:
+        self.registry.broker_delivers()
+        self.metrics.set_broker_delivering(True)
 
     def _count_drop(self, reason: str) -> None:
         self.metrics.record_mqtt_dropped(cast(MqttDropReason, reason))

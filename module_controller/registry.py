@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from module_controller import naming
 from module_controller.lograte import RateLimitedLog
+from module_controller.mass_silence import MassSilence
 from module_controller.protocol import BaseStatus, HealthData
 from module_controller.protocol.states import BizState
 from module_controller.settings import Settings
@@ -73,8 +74,27 @@ class BaseRegistry:
     clock: Callable[[], float] = time.monotonic
     bases: dict[str, BaseRecord] = field(default_factory=dict)
     broker_connected: bool = False
+    # False while the operator's own probe does not come back through the broker in time.
+    broker_delivering: bool = True
+    # Why each node removed since the caller last asked went (node name -> sentence).
+    departures: dict[str, str] = field(default_factory=dict)
+    _paused_since: float | None = None
     _by_node: dict[str, str] = field(default_factory=dict)
     _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+    _mass_silence: MassSilence | None = None
+
+    def __post_init__(self) -> None:
+        self._paused_since = self.clock()
+        self._mass_silence = MassSilence(
+            share=self.settings.mass_silence_share,
+            heartbeat_seconds=self.settings.base_heartbeat_seconds,
+            max_seconds=self.settings.mass_silence_max_seconds,
+        )
+
+    @property
+    def mass_silence(self) -> bool:
+        """Whether a mass silence holds node deletions back now."""
+        return self._mass_silence is not None and self._mass_silence.active
 
     def base_of_node(self, node_name: str) -> BaseRecord | None:
         identity = self._by_node.get(node_name)
@@ -95,7 +115,7 @@ class BaseRegistry:
             if record is None:
                 return []
             log.info("Base %s reported %s: removing its node.", identity, status.state)
-            return [self._forget(record)]
+            return [self._forget(record, f"base {identity} reported {status.state}: it left")]
         bad = _invalid_metadata(status)
         if bad is not None:
             self._log.warning("bad_metadata", "Refused a heartbeat of base %s: %s.", identity, bad)
@@ -151,7 +171,9 @@ class BaseRegistry:
             log.info(
                 "Base %s reports its master biz %s: removing its node.", identity, master.biz_state
             )
-            return [self._forget(record)]
+            return [
+                self._forget(record, f"base {identity} reports its master biz {master.biz_state}")
+            ]
         jvm = health.jvm
         if jvm is None or jvm.java_max_metaspace is None or jvm.java_max_metaspace < 0:
             return []
@@ -170,27 +192,73 @@ class BaseRegistry:
     def broker_down(self) -> None:
         """Silence now means nothing: liveness clocks stop until the broker is back."""
         self.broker_connected = False
+        self._pause()
 
     def broker_up(self) -> None:
-        """Every base gets a fresh grace period: we could not hear it while we were away."""
+        """Connected again; clocks run once the broker is also proven to deliver."""
         self.broker_connected = True
+        self._resume_if_trusted()
+
+    def broker_suspect(self) -> None:
+        """Connected, but our own probe stopped coming back: the broker may be frozen."""
+        self.broker_delivering = False
+        self._pause()
+
+    def broker_delivers(self) -> None:
+        self.broker_delivering = True
+        self._resume_if_trusted()
+
+    @property
+    def liveness_paused(self) -> bool:
+        return self._paused_since is not None
+
+    def _pause(self) -> None:
+        if self._paused_since is None:
+            self._paused_since = self.clock()
+
+    def _resume_if_trusted(self) -> None:
+        """Every base gets a fresh grace period: we could not hear it while we were away.
+
+        A broker outage says nothing about the bases, so it is never a reason to delete a
+        node, however long it lasts: /readyz, the metrics and Events say the broker is out.
+        """
+        if not (self.broker_connected and self.broker_delivering) or self._paused_since is None:
+            return
+        paused = self.clock() - self._paused_since
+        self._paused_since = None
         now = self.clock()
         for record in self.bases.values():
             record.last_seen = max(record.last_seen, now)
+        if self.bases:
+            log.info(
+                "Base liveness resumes after %.0fs without a trusted broker: every base gets "
+                "a fresh grace period.",
+                paused,
+            )
 
-    def adopt(self, identity: str, status: BaseStatus, node_name: str) -> None:
+    def adopt(
+        self,
+        identity: str,
+        status: BaseStatus,
+        node_name: str,
+        memory: tuple[int, int] | None = None,
+    ) -> None:
         """A node that existed before this operator started: keep it, on probation.
 
         Its base gets a full grace period from now, as if just heard; if it stays silent
-        past the dead time its node goes, exactly like a base that went silent.
+        past the dead time its node goes, exactly like a base that went silent. `memory`
+        (capacity, allocatable bytes) is what the node showed, kept until the base reports.
         """
         if identity in self.bases or node_name in self._by_node:
             return
+        capacity, allocatable = memory if memory is not None else (None, None)
         record = BaseRecord(
             identity=identity,
             status=status,
             node_name=node_name,
             last_seen=self.clock(),
+            memory_capacity_bytes=capacity,
+            memory_allocatable_bytes=allocatable,
             heard_since_start=False,
         )
         self.bases[identity] = record
@@ -198,21 +266,28 @@ class BaseRegistry:
 
     def tick(self) -> list[str]:
         """Apply the liveness rules at the current time; returns the nodes to resync."""
-        if not self.broker_connected:
+        if self._paused_since is not None:
             return []
         now = self.clock()
+        not_ready_after = self.settings.base_not_ready_seconds
+        silent_since = [
+            r.last_seen for r in self.bases.values() if now - r.last_seen >= not_ready_after
+        ]
+        assert self._mass_silence is not None
+        hold = self._mass_silence.holds_deletions(silent_since, len(self.bases), now)
         changed = []
         for record in list(self.bases.values()):
             silent = now - record.last_seen
-            if silent >= self.settings.base_dead_seconds:
+            if silent >= self.settings.base_dead_seconds and not hold:
                 log.info(
                     "Base %s has been silent for %.0fs: deleting node %s.",
                     record.identity,
                     silent,
                     record.node_name,
                 )
-                changed.append(self._forget(record))
-            elif silent >= self.settings.base_not_ready_seconds and record.ready:
+                reason = f"base {record.identity} has been silent for {silent:.0f}s"
+                changed.append(self._forget(record, reason))
+            elif silent >= not_ready_after and record.ready:
                 record.not_ready_reason = (
                     f"no heartbeat from base {record.identity} for {silent:.0f}s"
                 )
@@ -222,9 +297,10 @@ class BaseRegistry:
                 changed.append(record.node_name)
         return changed
 
-    def _forget(self, record: BaseRecord) -> str:
+    def _forget(self, record: BaseRecord, reason: str) -> str:
         self.bases.pop(record.identity, None)
         self._by_node.pop(record.node_name, None)
+        self.departures[record.node_name] = reason
         return record.node_name
 
     def identities(self) -> Iterable[str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -220,6 +222,15 @@ def subscriptions(env: str) -> list[str]:
     return [f"{env_root(env)}/+/base/{kind}" for kind in SUBSCRIBED_KINDS]
 
 
+def probe_topic(env: str, client_id: str) -> str:
+    """The topic of the operator's own probe: only it publishes and listens there.
+
+    Under the env's root, where a broker's ACL most likely lets the controller in, and
+    never matching the bases' `<root>/+/base/...` subscriptions.
+    """
+    return f"{env_root(env)}/module-controller/{re.sub(r'[^A-Za-z0-9_.@-]', '_', client_id)}/probe"
+
+
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.mqtt_ca_path is None:
         return None
@@ -247,6 +258,9 @@ class MqttTunnel:
         self.decoder = MessageDecoder(settings, on_drop)
         self.connected = asyncio.Event()
         self.connections = 0
+        # When a message last came through the broker (any topic, our probe included).
+        self.last_delivery = time.monotonic()
+        self.probe_topic = probe_topic(settings.env, self.client_id)
         self._deliver = deliver
         self._client: aiomqtt.Client | None = None
         self._on_reconnect = on_reconnect
@@ -266,7 +280,7 @@ class MqttTunnel:
             password=self.settings.mqtt_password or None,
             identifier=self.client_id,
             clean_session=True,
-            keepalive=60,
+            keepalive=self.settings.mqtt_keepalive_seconds,
             timeout=10,
             tls_context=self._tls,
         )
@@ -284,6 +298,8 @@ class MqttTunnel:
                 async with client:
                     for topic in subscriptions(self.settings.env):
                         await client.subscribe(topic, qos=1)
+                    await client.subscribe(self.probe_topic, qos=0)
+                    self.last_delivery = time.monotonic()
                     self._client = client
                     self.connections += 1
                     if self.connections > 1 and self._on_reconnect is not None:
@@ -298,8 +314,16 @@ class MqttTunnel:
                     )
                     await self._deliver(BrokerConnected())
                     delay = 1.0
-                    async for message in client.messages:
-                        await self._dispatch(str(message.topic), message.payload)
+                    prober = asyncio.create_task(self._probe(client), name="mqtt-probe")
+                    try:
+                        async for message in client.messages:
+                            self.last_delivery = time.monotonic()
+                            topic = str(message.topic)
+                            if topic != self.probe_topic:
+                                await self._dispatch(topic, message.payload)
+                    finally:
+                        prober.cancel()
+                        await asyncio.gather(prober, return_exceptions=True)
             except aiomqtt.MqttError as error:
                 _raise_if_cancelling()
                 reason = str(error) or type(error).__name__
@@ -320,6 +344,31 @@ class MqttTunnel:
                 await self._deliver(BrokerDisconnected(reason))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.mqtt_reconnect_max_seconds)
+
+    def delivery_silence(self) -> float | None:
+        """Seconds since a message last came through the broker; None when disconnected."""
+        if not self.connected.is_set():
+            return None
+        return time.monotonic() - self.last_delivery
+
+    async def _probe(self, client: aiomqtt.Client) -> None:
+        """Send ourselves a message every few seconds, to prove the broker delivers.
+
+        A frozen broker keeps the TCP connection open and answers nothing: without this,
+        its silence would look like every base going silent at once.
+        """
+        period = self.settings.broker_probe_seconds
+        number = 0
+        while True:
+            number += 1
+            try:
+                # QoS 0 and a bound: a frozen broker must not hold this loop.
+                await asyncio.wait_for(
+                    client.publish(self.probe_topic, str(number).encode(), qos=0), period
+                )
+            except (aiomqtt.MqttError, TimeoutError) as error:
+                log.debug("The broker probe could not be sent: %s", error)
+            await asyncio.sleep(period)
 
     async def _dispatch(self, topic: str, payload: object) -> None:
         if isinstance(payload, bytes | bytearray):

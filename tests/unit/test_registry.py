@@ -159,3 +159,95 @@ def test_a_stopped_master_biz_means_the_base_is_gone(registry: BaseRegistry) -> 
     )
     assert registry.health("b1", health) == ["virtual-node-b1"]
     assert registry.base_of_node("virtual-node-b1") is None
+
+
+def _fleet(clock: Clock, count: int, **settings: float) -> BaseRegistry:
+    registry = BaseRegistry(Settings(**settings), clock=clock)  # type: ignore[arg-type]
+    registry.broker_up()
+    for number in range(count):
+        registry.heartbeat(f"b{number}", status(f"b{number}"))
+    return registry
+
+
+def _keep_alive(registry: BaseRegistry, identities: range) -> None:
+    for number in identities:
+        registry.heartbeat(f"b{number}", status(f"b{number}"))
+
+
+def test_a_suspect_broker_stops_the_clocks_like_a_lost_one(clock: Clock) -> None:
+    registry = _fleet(clock, 1)
+    registry.broker_suspect()
+    clock.now += 600
+    assert registry.tick() == [], "a broker that delivers nothing says nothing about bases"
+    registry.broker_delivers()
+    clock.now += 24
+    assert registry.tick() == [], "once it delivers again, every base gets a full grace"
+    clock.now += 1
+    assert registry.tick() == ["virtual-node-b0"]
+
+
+def test_a_reconnect_alone_does_not_resume_a_suspect_broker(clock: Clock) -> None:
+    registry = _fleet(clock, 1)
+    registry.broker_suspect()
+    registry.broker_down()
+    registry.broker_up()
+    assert registry.liveness_paused, "connected but not yet proven to deliver"
+    registry.broker_delivers()
+    assert not registry.liveness_paused
+
+
+def test_a_mass_silence_keeps_nodes_until_the_bound(clock: Clock) -> None:
+    registry = _fleet(clock, 5, mass_silence_max_seconds=300)
+    clock.now += 30
+    _keep_alive(registry, range(1))  # 4 of 5 (80 %) fall silent together
+    changed = registry.tick()
+    assert len(changed) == 4, "they may go NotReady"
+    assert registry.mass_silence
+    clock.now += 100
+    _keep_alive(registry, range(1))
+    assert registry.tick() == [], "silent for 130 s, past the dead time, yet nothing deleted"
+    assert len(registry.bases) == 5
+    clock.now += 200
+    _keep_alive(registry, range(1))
+    gone = registry.tick()
+    assert len(gone) == 4, "past MASS_SILENCE_MAX_SECONDS the silent bases are taken for dead"
+    assert "has been silent" in registry.departures[gone[0]]
+
+
+def test_a_mass_silence_ends_when_the_bases_are_heard(clock: Clock) -> None:
+    registry = _fleet(clock, 5)
+    clock.now += 70
+    _keep_alive(registry, range(1))
+    registry.tick()
+    assert registry.mass_silence and len(registry.bases) == 5
+    _keep_alive(registry, range(5))
+    assert sorted(registry.tick()) == []
+    assert not registry.mass_silence
+    assert all(record.ready for record in registry.bases.values())
+
+
+def test_bases_dying_one_by_one_are_not_a_mass_silence(clock: Clock) -> None:
+    registry = _fleet(clock, 4)
+    for number in range(3):  # one base stops every 30 s, the rest keep beating
+        clock.now += 30
+        _keep_alive(registry, range(number + 1, 4))
+        registry.tick()
+        assert not registry.mass_silence
+    clock.now += 40
+    _keep_alive(registry, range(3, 4))
+    registry.tick()
+    assert set(registry.bases) == {"b3"}, "each silent base went at its own dead time"
+
+
+def test_a_single_base_that_dies_is_deleted(clock: Clock) -> None:
+    registry = _fleet(clock, 1)
+    clock.now += 60
+    assert registry.tick() == ["virtual-node-b0"]
+    assert not registry.bases
+
+
+def test_adopting_keeps_the_memory_the_node_showed(registry: BaseRegistry) -> None:
+    registry.adopt("old", status("old"), "virtual-node-old", memory=(512 << 20, 400 << 20))
+    record = registry.base_of_node("virtual-node-old")
+    assert record is not None
+    assert (record.memory_capacity_bytes, record.memory_allocatable_bytes) == (512 << 20, 400 << 20)
