@@ -8,14 +8,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, RootModel, model_validator
+from pydantic import Field, RootModel, field_validator, model_validator
 
 from module_controller.protocol.codec import WireModel, wire_key
 from module_controller.protocol.states import (
     BizState,
     LowerBizState,
+    OptionalStyledBizState,
     StateChangeReason,
-    StyledBizState,
     StyledReason,
 )
 
@@ -72,12 +72,46 @@ class BatchInstallRequest(WireModel):
 
 
 class BizStateRecord(WireModel):
-    """One SOFAArk state change; the controller uses the record with the largest changeTime."""
+    """One SOFAArk state change; the controller uses the record with the largest changeTime.
 
-    change_time: int
-    state: StyledBizState
+    Every field may be missing: SOFAArk before 2.2.16 / 3.1.9 has no getters on
+    ``BizStateRecord``, so fastjson writes ``{}`` for each record. A missing ``changeTime``
+    is 0 (older than any real record, so ``max(..., key=change_time)`` still works and the
+    controller falls back to its own clock); a JSON ``null`` counts as missing. Records that
+    carry nothing at all are dropped by the models holding them (see ``_without_blank``).
+    """
+
+    change_time: int = 0
+    state: OptionalStyledBizState = None
     reason: StyledReason = StateChangeReason.UNDEFINE
     message: str | None = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_missing(cls, value: Any) -> Any:
+        # fastjson's WriteMapNullValue (used for simpleBiz) writes absent getters as null.
+        if isinstance(value, dict):
+            return {key: item for key, item in value.items() if item is not None}
+        return value
+
+
+def _is_blank_record(value: Any) -> bool:
+    """A record JSON object without a single known field (``{}`` from older SOFAArk)."""
+    if not isinstance(value, dict):
+        return False
+    for name, field in BizStateRecord.model_fields.items():
+        if value.get(name) is not None or value.get(field.alias or name) is not None:
+            return False
+    return True
+
+
+def latest_record(records: list[BizStateRecord] | None) -> BizStateRecord | None:
+    """The record with the largest changeTime; on a tie the later one (SOFAArk appends)."""
+    latest: BizStateRecord | None = None
+    for record in records or []:
+        if latest is None or record.change_time >= latest.change_time:
+            latest = record
+    return latest
 
 
 class BizInfo(WireModel):
@@ -89,16 +123,28 @@ class BizInfo(WireModel):
 
     biz_name: str
     biz_version: str
-    biz_state: StyledBizState | None = None
+    biz_state: OptionalStyledBizState = None
     main_class: str | None = None
     web_context_path: str | None = None
     identity: str | None = None
     priority: int | None = None
     biz_state_records: list[BizStateRecord] | None = None
 
+    @field_validator("biz_state_records", mode="before")
+    @classmethod
+    def _without_blank(cls, value: Any) -> Any:
+        # "bizStateRecords":[{},{}] from older SOFAArk: nothing to keep, nothing to refuse.
+        if isinstance(value, list):
+            return [record for record in value if not _is_blank_record(record)]
+        return value
+
     @property
     def key(self) -> str:
         return biz_key(self.biz_name, self.biz_version)
+
+    @property
+    def latest_state_record(self) -> BizStateRecord | None:
+        return latest_record(self.biz_state_records)
 
 
 class SimpleBizInfo(WireModel):
@@ -120,6 +166,12 @@ class SimpleBizInfo(WireModel):
                 raise ValueError("array-form simpleBiz needs [name, version, state]")
             return {"name": value[0], "version": value[1], "state": value[2]}
         return value
+
+    @field_validator("latest_state_record", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        # "latestStateRecord":{} from older SOFAArk says nothing: same as no record.
+        return None if _is_blank_record(value) else value
 
     @property
     def key(self) -> str:
@@ -170,9 +222,13 @@ def uninstall_not_found_text(name: str, version: str) -> str:
 
 
 MASTER_BIZ_UNINSTALL_TEXT = "Master biz must not be uninstalled."
+# SOFAArk BizModel.stop() asserts this: an uninstall that meets a biz still being installed
+# (RESOLVED) fails with it (observed on runtime 2.1.11); a later retry succeeds.
+BIZ_STOP_ILLEGAL_STATE_TEXT = "BizState must be ACTIVATED, DEACTIVATED or BROKEN."
 
 
 __all__ = [
+    "BIZ_STOP_ILLEGAL_STATE_TEXT",
     "MASTER_BIZ_UNINSTALL_TEXT",
     "Baseline",
     "BatchInstallData",
@@ -187,6 +243,7 @@ __all__ = [
     "SimpleBizInfo",
     "biz_key",
     "install_success_text",
+    "latest_record",
     "repeat_biz_text",
     "uninstall_not_found_text",
     "uninstall_success_text",

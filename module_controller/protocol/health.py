@@ -8,7 +8,7 @@ decode the whole message if ``"loaded class count"`` or the metaspace sizes are 
 from __future__ import annotations
 
 from module_controller.protocol.codec import WireModel, wire_key
-from module_controller.protocol.states import StyledBizState
+from module_controller.protocol.states import OptionalStyledBizState
 
 
 class JvmInfo(WireModel):
@@ -49,7 +49,7 @@ class HealthBizInfo(WireModel):
 
     biz_name: str
     biz_version: str
-    biz_state: StyledBizState | None = None
+    biz_state: OptionalStyledBizState = None
     web_context_path: str | None = None
 
 

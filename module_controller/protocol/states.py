@@ -147,3 +147,14 @@ LowerBizState = Annotated[
     BeforeValidator(parse_biz_state),
     PlainSerializer(_write_lower_state, return_type=str),
 ]
+
+
+def blank_to_none(value: Any) -> Any:
+    """``""`` (or only spaces) becomes None: an empty optional field carries no information."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+# An optional state where an empty string means "not reported" rather than a bad message.
+OptionalStyledBizState = Annotated[StyledBizState | None, BeforeValidator(blank_to_none)]

@@ -26,6 +26,7 @@ from module_controller.protocol.arklet import (
     lock_conflict_text,
 )
 from module_controller.protocol.biz import (
+    BIZ_STOP_ILLEGAL_STATE_TEXT,
     BatchInstallData,
     BatchInstallRequest,
     BizInfo,
@@ -49,6 +50,10 @@ M = TypeVar("M", bound=BaseModel)
 
 VALIDATION_EXCEPTION = (
     "com.alipay.sofa.koupleless.arklet.core.common.exception.CommandValidationException"
+)
+# What arklet's handlers wrap SOFAArk's exceptions in (its message is the cause's toString).
+ARKLET_RUNTIME_EXCEPTION = (
+    "com.alipay.sofa.koupleless.arklet.core.common.exception.ArkletRuntimeException"
 )
 HELP = {
     ArkletCommand.HELP: "list all supported commands",
@@ -118,6 +123,14 @@ class Arklet:
         name, version = _name_and_version(request)
         if request.async_:
             return self._start_async(ArkletCommand.UNINSTALL_BIZ, request)
+        if self._running.get(biz_key(name, version)) == ArkletCommand.INSTALL_BIZ:
+            # Observed on a real base (runtime 2.1.11): an uninstall that meets the biz in the
+            # middle of its install fails in SOFAArk's BizModel.stop() assertion, not with
+            # the coordinator's conflict text; the controller retries later.
+            raise JavaException(
+                f"java.lang.IllegalArgumentException: {BIZ_STOP_ILLEGAL_STATE_TEXT}",
+                java_class=ARKLET_RUNTIME_EXCEPTION,
+            )
         conflict = self._lock(name, version, ArkletCommand.UNINSTALL_BIZ)
         if conflict is not None:
             return conflict
@@ -231,10 +244,18 @@ class Arklet:
         delay = self._faults.install_delay_for(name)
         if delay > 0:
             await asyncio.sleep(delay)
+        # A failed download raises before the container is touched: like a real base, it
+        # leaves nothing behind (the biz never shows in queryAllBiz / simpleBiz).
         if self._faults.download_fails(name, version):
             raise JavaException(f"java.io.FileNotFoundException: {url}")
         if self._config.fetch_jars:
-            await jars.fetch(url)
+            jar = await jars.fetch(url)
+            # The jar's manifest wins over the request, as on a real base: the biz is
+            # registered (and REPEAT_BIZ is judged) under Ark-Biz-Name / Ark-Biz-Version,
+            # while the bizOperation reply still echoes the request's name and version.
+            declared = jars.manifest_name_version(jar)
+            if declared is not None:
+                name, version = declared
         if strategy == InstallStrategy.UNINSTALL_THEN_INSTALL:
             for other in self._container.bizs():
                 if other.name == name and other.version != version:
@@ -267,6 +288,8 @@ class Arklet:
         """
         if self._faults.batch_omit_biz_infos:
             return response.model_copy(update={"biz_infos": None})
+        if response.biz_infos:  # registered under the jar manifest's name and version
+            name, version = response.biz_infos[0].biz_name, response.biz_infos[0].biz_version
         biz = self._container.get(name, version)
         state = biz.state if biz is not None else BizState.BROKEN
         info = BizInfo(biz_name=name, biz_version=version, biz_state=state)

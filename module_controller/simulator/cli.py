@@ -59,7 +59,9 @@ def register(commands: Any) -> None:
         help="remove a module whose start failed (default: keep it BROKEN, as the sample base)",
     )
     parser.add_argument(
-        "--fetch-jars", action="store_true", help="fetch file:// and loopback http(s) jars"
+        "--fetch-jars",
+        action="store_true",
+        help="fetch file:// and loopback http(s) jars; a jar's manifest names its module",
     )
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     parser.set_defaults(handler=run)

@@ -56,7 +56,8 @@ class BaseConfig:
     auto_uninstall_when_failed: bool = False
     # sofa.ark.remove.biz.instance.when.stop.failed.enable (default true).
     remove_biz_when_stop_failed: bool = True
-    # Fetch file:// and loopback http(s):// jars and fail the install when that fails.
+    # Fetch file:// and loopback http(s):// jars and fail the install when that fails; a
+    # fetched jar's Ark-Biz-Name / Ark-Biz-Version then name the biz, as on a real base.
     fetch_jars: bool = False
     master_web_context_path: str = "/"
 

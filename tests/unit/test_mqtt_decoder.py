@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, now_ms, wrap
 from module_controller.settings import Settings
-from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat, BaseInventory
+from module_controller.tunnels.events import (
+    BaseHealthReport,
+    BaseHeartbeat,
+    BaseInventory,
+    BizOperationResult,
+)
 from module_controller.tunnels.mqtt import DropReason, MessageDecoder, MqttTunnel, subscriptions
 
 HEART = "koupleless_dev/{id}/base/heart"
@@ -98,6 +104,41 @@ def test_inventory_and_health_replies_become_events(decoder: MessageDecoder) -> 
     event = decoder.decode("koupleless_dev/b1/base/health", json.dumps(health).encode())
     assert isinstance(event, BaseHealthReport) and event.health.jvm is not None
     assert event.health.jvm.java_max_metaspace == 10
+
+
+def test_older_sofaark_replies_with_empty_state_records_are_not_dropped(
+    decoder: MessageDecoder,
+) -> None:
+    # SOFAArk before 2.2.16 / 3.1.9 writes every BizStateRecord as {} (no getters).
+    info = {"bizName": "biz1", "bizVersion": "0.0.1", "bizState": "ACTIVATED"}
+    records: dict[str, Any] = {"bizStateRecords": [{}, {}]}
+    operation = {
+        "publishTimestamp": now_ms(),
+        "data": {
+            "command": "installBiz",
+            "bizName": "biz1",
+            "bizVersion": "0.0.1",
+            "response": {
+                "code": "SUCCESS",
+                "data": {"code": "SUCCESS", "bizInfos": [info | records]},
+            },
+        },
+    }
+    simple = {
+        "publishTimestamp": now_ms(),
+        "data": [
+            {"name": "biz1", "version": "0.0.1", "state": "activated", "latestStateRecord": {}}
+        ],
+    }
+    legacy = {"publishTimestamp": now_ms(), "data": {"code": "SUCCESS", "data": [info | records]}}
+    result = decoder.decode("koupleless_dev/b1/base/bizOperation", json.dumps(operation).encode())
+    assert isinstance(result, BizOperationResult) and result.result.response.ok
+    for kind, payload in (("simpleBiz", simple), ("biz", legacy)):
+        event = decoder.decode(f"koupleless_dev/b1/base/{kind}", json.dumps(payload).encode())
+        assert isinstance(event, BaseInventory), kind
+        (module,) = event.modules
+        assert module.key == "biz1:0.0.1" and module.latest_state_record is None
+    assert decoder.dropped == {}
 
 
 def test_a_failed_health_reply_is_dropped(decoder: MessageDecoder) -> None:
