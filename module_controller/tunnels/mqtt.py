@@ -10,6 +10,7 @@ controller's retained commands replay on every base reconnect).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -261,6 +262,9 @@ class MqttTunnel:
         # When a message last came through the broker (any topic, our probe included).
         self.last_delivery = time.monotonic()
         self.probe_topic = probe_topic(settings.env, self.client_id)
+        # Whether our probe came back on this connection: a broker whose ACL denies the
+        # probe topic still delivers the bases' messages, which then are the only proof.
+        self.probe_returned = False
         self._deliver = deliver
         self._client: aiomqtt.Client | None = None
         self._on_reconnect = on_reconnect
@@ -300,6 +304,7 @@ class MqttTunnel:
                         await client.subscribe(topic, qos=1)
                     await client.subscribe(self.probe_topic, qos=0)
                     self.last_delivery = time.monotonic()
+                    self.probe_returned = False
                     self._client = client
                     self.connections += 1
                     if self.connections > 1 and self._on_reconnect is not None:
@@ -314,14 +319,22 @@ class MqttTunnel:
                     )
                     await self._deliver(BrokerConnected())
                     delay = 1.0
-                    prober = asyncio.create_task(self._probe(client), name="mqtt-probe")
+                    stop_probing = asyncio.Event()
+                    prober = asyncio.create_task(
+                        self._probe(client, stop_probing), name="mqtt-probe"
+                    )
                     try:
                         async for message in client.messages:
                             self.last_delivery = time.monotonic()
                             topic = str(message.topic)
-                            if topic != self.probe_topic:
+                            if topic == self.probe_topic:
+                                self.probe_returned = True
+                            else:
                                 await self._dispatch(topic, message.payload)
                     finally:
+                        # The flag, not only the cancel: Python 3.11's wait_for (inside
+                        # aiomqtt's publish) can swallow a cancellation, leaving this hung.
+                        stop_probing.set()
                         prober.cancel()
                         await asyncio.gather(prober, return_exceptions=True)
             except aiomqtt.MqttError as error:
@@ -351,7 +364,7 @@ class MqttTunnel:
             return None
         return time.monotonic() - self.last_delivery
 
-    async def _probe(self, client: aiomqtt.Client) -> None:
+    async def _probe(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Send ourselves a message every few seconds, to prove the broker delivers.
 
         A frozen broker keeps the TCP connection open and answers nothing: without this,
@@ -359,16 +372,17 @@ class MqttTunnel:
         """
         period = self.settings.broker_probe_seconds
         number = 0
-        while True:
+        while not stop.is_set():
             number += 1
             try:
                 # QoS 0 and a bound: a frozen broker must not hold this loop.
-                await asyncio.wait_for(
-                    client.publish(self.probe_topic, str(number).encode(), qos=0), period
-                )
+                async with asyncio.timeout(period):
+                    await client.publish(self.probe_topic, str(number).encode(), qos=0)
             except (aiomqtt.MqttError, TimeoutError) as error:
                 log.debug("The broker probe could not be sent: %s", error)
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await stop.wait()
 
     async def _dispatch(self, topic: str, payload: object) -> None:
         if isinstance(payload, bytes | bytearray):
