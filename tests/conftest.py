@@ -24,6 +24,7 @@ from module_controller.kube import new_api_client
 from module_controller.testbed import testbed
 from module_controller.testbed.binaries import ensure_binaries
 from module_controller.testbed.mosquitto import BrokerInfo
+from tests.private_broker import PrivateBroker
 from tests.waiting import wait_for
 
 # Shorter than Kubernetes' 50 s default so node-health tests finish sooner; the operator
@@ -160,3 +161,13 @@ async def namespace(k8s_api: client.ApiClient) -> AsyncIterator[str]:
         yield name
     finally:
         await core.delete_namespace(name)
+
+
+@pytest.fixture
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A broker of the test's own (it may be frozen), stopped with the test."""
+    broker = PrivateBroker(tmp_path_factory.mktemp("private-broker"))
+    try:
+        yield broker
+    finally:
+        broker.stop()

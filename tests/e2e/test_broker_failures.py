@@ -1,4 +1,4 @@
-"""A frozen broker is a broker fault, not the death of every base (issue: trustworthy under failure).
+"""A frozen broker is a broker fault, not the death of every base.
 
 `kill -STOP` on the testbed's Mosquitto keeps every TCP connection open and answers
 nothing: the operator must notice through its own probe, pause base liveness, say so on
@@ -9,58 +9,22 @@ pods, having sent no install and no uninstall.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
 
-from module_controller.testbed import testbed
-from module_controller.testbed.mosquitto import BrokerInfo
 from module_controller.testbed.process import free_port
 from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.modules_support import deployment, is_ready, manifest, wait_pods
 from tests.e2e.test_observability import fetch, sample
+from tests.private_broker import PrivateBroker
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
 
 FREEZE_SECONDS = 20  # longer than BASE_DEAD_SECONDS below: every node would be deleted today
 COMMANDS = ("installBiz", "uninstallBiz")
-
-
-class PrivateBroker:
-    """A Mosquitto of this test's own, so freezing it disturbs no other test."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        state = testbed.up(state_dir, with_cluster=False)
-        assert state.broker is not None
-        self.info: BrokerInfo = state.broker
-        (self.pid,) = [record.pid for record in state.processes if record.name == "mosquitto"]
-        self.frozen = False
-
-    def freeze(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        if self.frozen:
-            os.kill(self.pid, signal.SIGCONT)
-            self.frozen = False
-
-
-@pytest.fixture
-def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    broker = PrivateBroker(tmp_path_factory.mktemp("frozen-broker"))
-    try:
-        yield broker
-    finally:
-        broker.thaw()
-        testbed.down(broker.state_dir)
 
 
 async def test_a_frozen_broker_deletes_no_node_and_touches_no_module(

@@ -1,0 +1,34 @@
+"""A Mosquitto of one test's own, which the test may freeze (SIGSTOP) without harming others."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from module_controller.testbed import testbed
+from module_controller.testbed.mosquitto import BrokerInfo
+
+
+class PrivateBroker:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        state = testbed.up(state_dir, with_cluster=False)
+        assert state.broker is not None
+        self.info: BrokerInfo = state.broker
+        (self.pid,) = [record.pid for record in state.processes if record.name == "mosquitto"]
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """As a hung broker: every TCP connection stays open and nothing is answered."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            os.kill(self.pid, signal.SIGCONT)
+            self.frozen = False
+
+    def stop(self) -> None:
+        self.thaw()
+        testbed.down(self.state_dir)
