@@ -35,8 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _environment_problem(error: ValueError) -> str:
+    from module_controller.settings import SettingsError, load_settings
+
+    try:
+        load_settings()
+    except SettingsError as settings_error:
+        return str(settings_error)  # names the variable, where `error` may not
+    return f"bad environment: {error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as error:
+        # Some sub-commands take option defaults from the operator's environment variables;
+        # a bad value there is one sentence naming the variable, not a traceback.
+        print(f"module-controller: {_environment_problem(error)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     command: Command = args.handler
     try:

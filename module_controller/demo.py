@@ -136,7 +136,7 @@ def register(commands: Any) -> None:
     where.add_argument(
         "--mqtt-port",
         type=int,
-        default=int(os.environ.get("MQTT_PORT") or 1883),
+        default=os.environ.get("MQTT_PORT") or "1883",
         metavar="PORT",
         help="broker port (default: $MQTT_PORT, else 1883)",
     )

@@ -1,4 +1,10 @@
-"""`module-controller run`: the operator itself."""
+"""`module-controller run`: the operator itself.
+
+Exit status: 0 after a shut-down asked for (SIGTERM, SIGINT), 1 when the operator could not
+start or stopped on a fatal failure, 2 for bad settings. Whatever makes it exit early is one
+line on stderr, never a traceback: bad settings and a missing or broken kubeconfig are found
+before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ import logging
 import sys
 from typing import Any
 
+from module_controller.kube import ClusterConfigError, check_cluster_config
 from module_controller.observability.logging import configure_logging
 from module_controller.settings import SettingsError, describe_settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any) -> None:
@@ -28,18 +37,43 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def _say(message: str) -> None:
+    print(f"module-controller: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except SettingsError as error:
-        print(f"module-controller: {error}", file=sys.stderr)
+        _say(str(error))
         return 2
+    try:
+        cluster = asyncio.run(check_cluster_config())
+    except ClusterConfigError as error:
+        _say(str(error))
+        return 1
     configure_logging(settings.log_level, settings.log_format)
     # Kopf reports every handled event at INFO; our own log lines say what happened.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kopf
 
     import module_controller.handlers  # noqa: F401  (registers the handlers)
+    from module_controller.handlers.lifecycle import READINESS, STARTUP_FAILURE
 
-    asyncio.run(kopf.operator(standalone=True, clusterwide=True))
+    log.info("Using the cluster of %s.", cluster)
+    memo = kopf.Memo()
+    try:
+        asyncio.run(kopf.operator(standalone=True, clusterwide=True, memo=memo))
+    except Exception:
+        failure = memo.get(STARTUP_FAILURE)
+        if failure is None:
+            # Not a start-up failure we described: a bug, whose traceback is the report.
+            log.critical("The operator failed.", exc_info=True)
+            return 1
+        _say(failure)
+        return 1
+    readiness = memo.get(READINESS)
+    if readiness is not None and readiness.fatal is not None:
+        _say(f"stopped after a fatal failure: {readiness.fatal}")
+        return 1
     return 0

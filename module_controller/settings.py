@@ -8,6 +8,7 @@ controller hard-codes. A bad value stops start-up with a message naming the vari
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -103,7 +104,7 @@ class Settings(BaseSettings):
         default=1 << 20, ge=1024, description="MQTT messages larger than this are dropped."
     )
     mqtt_reconnect_max_seconds: float = Field(
-        default=30, gt=0, description="Longest wait between two broker connection attempts."
+        default=10, gt=0, description="Longest wait between two broker connection attempts."
     )
     mqtt_keepalive_seconds: int = Field(
         default=15,
@@ -215,6 +216,56 @@ class Settings(BaseSettings):
             raise ValueError(f"only {{identity}} and {{env}} may be used ({error})") from error
         return value
 
+    @field_validator("mqtt_broker")
+    @classmethod
+    def _broker_is_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name the broker's host (it is empty)")
+        return value.strip()
+
+    @field_validator("mqtt_ca_path", "mqtt_client_crt_path", "mqtt_client_key_path", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # `MQTT_CA_PATH=` in a manifest means no TLS, as in the Go controller, not the file ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mqtt_ca_path", "mqtt_client_crt_path", "mqtt_client_key_path")
+    @classmethod
+    def _file_is_readable(cls, value: Path | None) -> Path | None:
+        # Checked here so that a wrong path stops start-up naming it, before anything runs.
+        if value is None:
+            return None
+        try:
+            with value.open("rb"):
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot read {value}: {error.strerror or error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> Settings:
+        """The CA and client certificate are usable, not only present."""
+        if self.mqtt_ca_path is None:
+            return self
+        try:
+            context = ssl.create_default_context(cafile=str(self.mqtt_ca_path))
+        except ssl.SSLError as error:
+            raise ValueError(
+                f"MQTT_CA_PATH {self.mqtt_ca_path} is not a PEM CA certificate ({error.reason})"
+            ) from None
+        if self.mqtt_client_crt_path is not None and self.mqtt_client_key_path is not None:
+            try:
+                context.load_cert_chain(
+                    str(self.mqtt_client_crt_path), str(self.mqtt_client_key_path)
+                )
+            except ssl.SSLError as error:
+                raise ValueError(
+                    f"MQTT_CLIENT_CRT_PATH {self.mqtt_client_crt_path} and MQTT_CLIENT_KEY_PATH "
+                    f"{self.mqtt_client_key_path} are not a certificate and its key "
+                    f"({error.reason})"
+                ) from None
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.base_dead_seconds <= self.base_not_ready_seconds:
@@ -243,8 +294,11 @@ def load_settings() -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            where = "_".join(str(part) for part in item["loc"]).upper() or "settings"
-            problems.append(f"{where}: {item['msg']}")
+            # pydantic prefixes our own messages with "Value error, "; it says nothing.
+            message = item["msg"].removeprefix("Value error, ")
+            where = "_".join(str(part) for part in item["loc"]).upper()
+            # A check across fields has no place; its message names the variables itself.
+            problems.append(f"{where}: {message}" if where else message)
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 

@@ -1,16 +1,29 @@
-"""Operator start-up and shut-down: settings, the API client, the controller's tasks."""
+"""Operator start-up and shut-down: settings, the API client, the controller's tasks.
+
+A start that fails stops the operator, and `module-controller run` exits 1 with the cause
+on its last line, so that Kubernetes restarts the pod (with its back-off) and the cause
+shows in `kubectl describe` and the logs. Retrying inside the process would look alive
+while doing nothing. Before it fails, the start-up undoes what it started (listeners,
+client, tasks), so nothing is left bound or running either way.
+
+`/healthz` answers 200 only from the end of a good start-up until shut-down begins.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
 from module_controller.controller import ModuleController
 from module_controller.kube import new_api_client
 from module_controller.observability import server
+from module_controller.observability.api_probe import ApiProbe
 from module_controller.observability.metrics import Metrics
 from module_controller.observability.server import Readiness
 from module_controller.settings import SettingsError, load_settings
@@ -18,33 +31,64 @@ from module_controller.vnodes import node_selector
 
 log = logging.getLogger(__name__)
 
+# What `module-controller run` reads in the memo after Kopf returns, to choose its exit code.
+STARTUP_FAILURE = "startup_failure"
+READINESS = "readiness"
+
+
+def describe_startup_error(error: BaseException) -> str:
+    """One line for why start-up failed; the usual causes are the API server's."""
+    if isinstance(error, ApiException):
+        return f"the Kubernetes API server answered {error.status} {error.reason}"
+    if isinstance(error, TimeoutError):
+        return "the Kubernetes API server did not answer in time"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot reach the Kubernetes API server: {error}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     try:
         ours = load_settings()
     except SettingsError as error:
-        raise kopf.PermanentError(str(error)) from None
+        raise _fail(memo, str(error)) from None
     # Server-side filter: the operator sees only its own nodes, not every node.
     settings.watching.label_selectors["v1", "nodes"] = node_selector(ours)
     settings.watching.label_selectors["v1", "pods"] = ours.module_selector
     settings.posting.level = logging.INFO
     metrics = Metrics()
     readiness = Readiness(["kubernetes", "mqtt"])
-    http = await server.start(
-        metrics, readiness, metrics_port=ours.metrics_port, health_port=ours.health_port
-    )
+    memo[READINESS] = readiness
+    try:
+        http = await server.start(
+            metrics, readiness, metrics_port=ours.metrics_port, health_port=ours.health_port
+        )
+    except OSError as error:
+        ports = f"{ours.metrics_port} and {ours.health_port}"
+        raise _fail(memo, f"cannot listen on ports {ports}: {error.strerror or error}") from None
     memo["http"] = http
     log.info(
         "Serving /metrics on port %s and /healthz, /readyz on port %s.",
         http.ports.get("/metrics"),
         http.ports.get("/healthz"),
     )
-    api = await new_api_client()
-    controller = ModuleController(ours, api, metrics, readiness)
-    memo["api"] = api
-    memo["controller"] = controller
-    await controller.start()
+    try:
+        api = await new_api_client()
+        memo["api"] = api
+        controller = ModuleController(ours, api, metrics, readiness)
+        memo["controller"] = controller
+        await controller.start()
+        probe = ApiProbe(api, readiness)
+        memo["probe"] = probe
+        probe.start()
+    except BaseException as error:
+        await _undo(memo)
+        if isinstance(error, Exception):
+            raise _fail(memo, f"start-up failed: {describe_startup_error(error)}") from error
+        raise  # cancelled: Kopf is stopping anyway
+    readiness.operator_started()
     log.info(
         "Module controller %s started for env %s (broker %s:%d).",
         ours.client_id,
@@ -56,12 +100,36 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    controller: ModuleController | None = memo.get("controller")
+    readiness: Readiness | None = memo.get(READINESS)
+    if readiness is not None:
+        readiness.operator_stopped()
+    await _undo(memo)
+
+
+def _fail(memo: kopf.Memo, reason: str) -> kopf.PermanentError:
+    """The error that ends start-up for good; `run` prints `reason` and exits 1."""
+    memo[STARTUP_FAILURE] = reason
+    return kopf.PermanentError(reason)
+
+
+async def _undo(memo: kopf.Memo) -> None:
+    """Stop whatever start-up got to start, newest first, each once; one failing to stop
+    does not keep the others (the listeners above all) running."""
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    probe: ApiProbe | None = memo.pop("probe", None)
+    if probe is not None:
+        steps.append(("the API probe", probe.stop))
+    controller: ModuleController | None = memo.pop("controller", None)
     if controller is not None:
-        await controller.stop()
-    api: client.ApiClient | None = memo.get("api")
+        steps.append(("the controller", controller.stop))
+    api: client.ApiClient | None = memo.pop("api", None)
     if api is not None:
-        await api.close()
-    http: server.ObservabilityServer | None = memo.get("http")
+        steps.append(("the API client", api.close))
+    http: server.ObservabilityServer | None = memo.pop("http", None)
     if http is not None:
-        await server.stop(http)
+        steps.append(("the HTTP listeners", lambda: server.stop(http)))
+    for what, step in steps:
+        try:
+            await step()
+        except Exception:
+            log.exception("Stopping %s failed.", what)

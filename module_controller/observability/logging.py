@@ -8,6 +8,11 @@ Extras given with `log.info("...", extra={"base": ...})` become JSON fields. Kop
 the object it is handling as the extra `k8s_ref` (kind, namespace, name, uid): JSON lines
 carry it as a field, text lines start with `[namespace/name]`, so a line about a pod says
 which pod without every message repeating it.
+
+One record is always one line, whatever the data in it: a base may name itself "a\nb", and
+that must not forge a second log line. Text lines escape every control character (a newline
+becomes the two characters `\n`), tracebacks included, so `sed 's/\\n/\n/g'` unfolds one;
+JSON escapes them by itself, and the few line separators it leaves raw are escaped too.
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ _STANDARD_ATTRIBUTES = frozenset(
 _KOPF_CONTROL_EXTRAS = frozenset({"k8s_skip", "settings"})
 
 
+def _escape_table() -> dict[int, str]:
+    table = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+    table |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+    # Unicode line and paragraph separators: Python's splitlines and some viewers break there.
+    table |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
+    return table
+
+
+_ESCAPES = _escape_table()
+# JSON escapes below 0x20 by itself; it leaves DEL, the C1 controls (NEL is a line break)
+# and the Unicode line separators raw.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character and line separator escaped: one line for sure."""
+    return text.translate(_ESCAPES)
+
+
 def _object_name(record: logging.LogRecord) -> str | None:
     """`namespace/name` (or `name`) of the Kubernetes object Kopf says the line is about."""
     ref = getattr(record, "k8s_ref", None)
@@ -47,6 +71,10 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)  # the format string also tells it to fill asctime
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Escaped last, after the traceback is appended, so nothing can add a line break.
+        return one_line(super().format(record))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # Formatter.format has already filled in record.message and record.asctime.
@@ -76,7 +104,7 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = self.formatStack(record.stack_info)
         # default=str: an extra that JSON cannot encode (a datetime, an enum) is written as
         # its text rather than losing the whole line.
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 def configure_logging(

@@ -4,10 +4,13 @@
 (9090 and 8081), so a NetworkPolicy or a ServiceMonitor can treat them apart. When both
 ports are the same number, one listener serves all three paths.
 
-Liveness only says the process still answers: restarting the operator because the broker
-or the API server is away would not bring either back. Readiness is the AND of named
-checks the operator sets (`Readiness`), and it starts false for every check declared, so
-a pod is not Ready before the operator has really connected.
+Liveness says the operator runs: `/healthz` answers 200 only from the end of a good
+start-up until the operator stops, and never again after a fatal failure (which also makes
+`module-controller run` exit non-zero). It does not follow the broker or the API server:
+restarting the operator because either is away would not bring it back. Readiness is the
+AND of named checks the operator sets (`Readiness`), and it starts false for every check
+declared, so a pod is not Ready before the operator has really connected. Each failing
+check says why, as `[-]mqtt: connection refused`.
 """
 
 from __future__ import annotations
@@ -31,16 +34,42 @@ class _Check:
 
 
 class Readiness:
-    """Named readiness checks; ready when every one of them is.
+    """Named readiness checks; ready when every one of them is. Also the operator's liveness.
 
     Declare the checks at start-up (`Readiness(["kubernetes", "mqtt"])`) and report them
-    as things happen: `readiness.set("mqtt", False, "broker connection lost")`.
+    as things happen: `readiness.set("mqtt", False, "broker connection lost")`. Liveness
+    lives here too because the code that meets a fatal failure holds only this object.
     """
 
     def __init__(self, checks: Iterable[str]) -> None:
         self._checks = {name: _Check() for name in checks}
         if not self._checks:
             raise ValueError("Readiness needs at least one check, or it would be ready at once")
+        self._liveness = "start-up has not finished"  # "ok" while the operator runs
+        self.fatal: str | None = None  # why the operator stopped for good, if it did
+
+    def operator_started(self) -> None:
+        """Start-up finished: /healthz answers 200 (unless a fatal failure came first)."""
+        if self.fatal is None:
+            self._liveness = "ok"
+
+    def operator_stopped(self) -> None:
+        if self.fatal is None:
+            self._liveness = "the operator has stopped"
+
+    def operator_failed(self, name: str, detail: str) -> None:
+        """A failure the operator does not recover from: check `name` fails with `detail`,
+        /healthz fails, and `module-controller run` exits non-zero (it reads `fatal`)."""
+        self.set(name, False, detail)
+        self.fatal = f"{name}: {self._checks[name].detail}"
+        self._liveness = f"failed: {self.fatal}"
+
+    @property
+    def alive(self) -> bool:
+        return self._liveness == "ok"
+
+    def liveness_report(self) -> str:
+        return "ok\n" if self.alive else f"not running: {self._liveness}\n"
 
     def set(self, name: str, ready: bool, detail: str = "") -> None:
         if name not in self._checks:
@@ -55,9 +84,10 @@ class Readiness:
         return all(check.ready for check in self._checks.values())
 
     def report(self) -> str:
-        """One line per check, in the style of Kubernetes' own `/readyz?verbose`."""
+        """One line per check, in the style of Kubernetes' own `/readyz?verbose`: `[+]name ok`
+        for a passing check, `[-]name: why` for a failing one."""
         lines = [
-            f"[{'+' if check.ready else '-'}]{name} {check.detail}"
+            f"[+]{name} {check.detail}" if check.ready else f"[-]{name}: {check.detail}"
             for name, check in self._checks.items()
         ]
         lines.append("readyz check passed" if self.ready else "readyz check failed")
@@ -84,7 +114,9 @@ def _metrics_routes(metrics: Metrics) -> list[web.RouteDef]:
 
 def _health_routes(readiness: Readiness) -> list[web.RouteDef]:
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        return web.Response(
+            text=readiness.liveness_report(), status=200 if readiness.alive else 503
+        )
 
     async def readyz(_: web.Request) -> web.Response:
         return web.Response(text=readiness.report(), status=200 if readiness.ready else 503)

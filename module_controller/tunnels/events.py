@@ -63,9 +63,10 @@ class BrokerConnected:
 
 @dataclass(frozen=True)
 class BrokerDisconnected:
-    """The tunnel lost the broker: silence from bases now says nothing about them."""
+    """The tunnel lost the broker (or could not reach it): silence from bases says nothing."""
 
     reason: str
+    was_connected: bool = True
 
 
 TunnelEvent = (

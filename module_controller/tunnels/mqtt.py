@@ -58,6 +58,7 @@ from module_controller.tunnels.events import (
     BrokerDisconnected,
     TunnelEvent,
 )
+from module_controller.tunnels.mqtt_errors import describe_mqtt_error
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ class MqttTunnel:
                         await asyncio.gather(prober, return_exceptions=True)
             except aiomqtt.MqttError as error:
                 _raise_if_cancelling()
-                reason = str(error) or type(error).__name__
+                reason = describe_mqtt_error(error, self.settings)
                 log.warning(
                     "The MQTT broker %s:%d is unreachable (%s); retrying in %.0fs.",
                     self.settings.mqtt_broker,
@@ -353,8 +354,8 @@ class MqttTunnel:
                 was_connected = self._client is client
                 self._client = None
                 self.connected.clear()
-            if was_connected:
-                await self._deliver(BrokerDisconnected(reason))
+            # Also when it never connected: /readyz must say why, not "not reported yet".
+            await self._deliver(BrokerDisconnected(reason, was_connected))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.mqtt_reconnect_max_seconds)
 

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,11 @@ from module_controller.observability.logging import configure_logging
 
 # What Kopf's per-object loggers attach to each record (kopf ObjectLogger).
 KOPF_EXTRAS: dict[str, Any] = {
-    "settings": object(),
+    # Once kopf is imported (another test may do it), its Event poster on `kopf.objects`
+    # reads the settings of every record: these say "do not post".
+    "settings": SimpleNamespace(
+        posting=SimpleNamespace(enabled=False, level=logging.CRITICAL, loggers=False)
+    ),
     "k8s_skip": False,
     "k8s_ref": {
         "apiVersion": "v1",
@@ -108,3 +113,35 @@ def test_configuring_again_switches_format_instead_of_doubling_lines(
 
     (entry,) = _json_lines(output)
     assert entry["message"] == "Started."
+
+
+def test_text_escapes_control_characters_so_one_record_is_one_line(
+    output: io.StringIO,
+) -> None:
+    configure_logging("INFO", "text", output)
+    log = logging.getLogger("module_controller.vnodes")
+    forged = "base\n2026-05-04 10:00:00,000 INFO module_controller.vnodes: forged"
+    log.info("Base %s came online.", forged)
+    log.warning("Odd name %r and %s.", "a\tb", "c\rd\x1b[31me\u2028f\x85g")
+    try:
+        raise ValueError("bad base\nsecond line")
+    except ValueError:
+        log.exception("Heartbeat of %s refused.", "x\ny")
+
+    first, second, third = output.getvalue().splitlines()
+    assert first.endswith(
+        r"Base base\n2026-05-04 10:00:00,000 INFO module_controller.vnodes: forged came online."
+    )
+    assert second.endswith(r"Odd name 'a\tb' and c\rd\x1b[31me\u2028f\x85g.")
+    assert r"Heartbeat of x\ny refused.\nTraceback (most recent call last):\n" in third
+    assert third.endswith(r"ValueError: bad base\nsecond line")
+
+
+def test_json_lines_stay_one_line_and_keep_the_text_exact(output: io.StringIO) -> None:
+    configure_logging("INFO", "json", output)
+    name = "base\n1\u2028\u2029\x85\x7f"
+    logging.getLogger("module_controller.vnodes").info("Base %s.", name, extra={"base": name})
+
+    (line,) = output.getvalue().splitlines()  # splitlines breaks at \u2028 and \x85 too
+    entry = json.loads(line)
+    assert (entry["message"], entry["base"]) == (f"Base {name}.", name)

@@ -19,6 +19,11 @@ EXPECTED_FAMILIES = {
     "module_controller_mqtt_messages_dropped": "counter",
     "module_controller_mqtt_reconnects": "counter",
     "module_controller_kubernetes_api_errors": "counter",
+    "module_controller_mqtt_broker_delivering": "gauge",
+    "module_controller_mqtt_broker_suspect": "counter",
+    "module_controller_mass_silence": "gauge",
+    "module_controller_pod_status_writes": "counter",
+    "module_controller_module_install_commands": "counter",
 }
 
 
@@ -125,3 +130,14 @@ def test_openmetrics_is_served_to_scrapers_that_ask_for_it() -> None:
     assert content_type.startswith("application/openmetrics-text")
     assert body.decode().endswith("# EOF\n")
     assert "module_controller_bases" in body.decode()
+
+
+def test_the_broker_suspect_counter_counts_each_loss_of_delivery_once() -> None:
+    metrics = Metrics()
+    metrics.set_broker_delivering(True)
+    metrics.set_broker_delivering(False)
+    metrics.set_broker_delivering(False)
+    assert _value(metrics, "module_controller_mqtt_broker_delivering") == 0
+    assert _value(metrics, "module_controller_mqtt_broker_suspect_total") == 1
+    metrics.set_broker_delivering(True)
+    assert _value(metrics, "module_controller_mqtt_broker_delivering") == 1

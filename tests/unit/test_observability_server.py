@@ -33,7 +33,7 @@ async def test_readiness_follows_every_named_check(http: aiohttp.ClientSession) 
     try:
         status, _, body = await _get(http, running, "/readyz")
         assert status == 503, "nothing has reported yet, so the operator is not ready"
-        assert "[-]kubernetes not reported yet" in body
+        assert "[-]kubernetes: not reported yet" in body
 
         readiness.set("kubernetes", True)
         status, _, body = await _get(http, running, "/readyz")
@@ -49,9 +49,10 @@ async def test_readiness_follows_every_named_check(http: aiohttp.ClientSession) 
         readiness.set("mqtt", False, "broker connection lost:\n  [Errno 111] refused")
         status, _, body = await _get(http, running, "/readyz")
         assert status == 503
-        assert "[-]mqtt broker connection lost: [Errno 111] refused\n" in body
+        assert "[-]mqtt: broker connection lost: [Errno 111] refused\n" in body
 
         # Liveness does not depend on the broker: restarting would not bring it back.
+        readiness.operator_started()
         status, _, body = await _get(http, running, "/healthz")
         assert (status, body) == (200, "ok\n")
     finally:
@@ -92,6 +93,7 @@ async def test_one_port_serves_all_paths_when_both_settings_name_it(
 
     readiness = Readiness(["x"])
     readiness.set("x", True)
+    readiness.operator_started()
     running = await server.start(
         Metrics(), readiness, metrics_port=port, health_port=port, host="127.0.0.1"
     )
@@ -132,6 +134,49 @@ async def test_a_busy_port_fails_start_and_leaves_nothing_listening() -> None:
             )
     finally:
         await server.stop(first)
+
+
+async def test_healthz_fails_unless_the_operator_runs(http: aiohttp.ClientSession) -> None:
+    readiness = Readiness(["kubernetes", "mqtt"])
+    running = await server.start(
+        Metrics(), readiness, metrics_port=0, health_port=0, host="127.0.0.1"
+    )
+    try:
+        status, _, body = await _get(http, running, "/healthz")
+        assert (status, body) == (503, "not running: start-up has not finished\n")
+
+        readiness.operator_started()
+        status, _, body = await _get(http, running, "/healthz")
+        assert (status, body) == (200, "ok\n")
+
+        readiness.operator_stopped()
+        status, _, body = await _get(http, running, "/healthz")
+        assert (status, body) == (503, "not running: the operator has stopped\n")
+    finally:
+        await server.stop(running)
+
+
+async def test_a_fatal_failure_fails_healthz_and_its_check_for_good(
+    http: aiohttp.ClientSession,
+) -> None:
+    readiness = Readiness(["kubernetes", "mqtt"])
+    readiness.set("kubernetes", True)
+    readiness.operator_started()
+    running = await server.start(
+        Metrics(), readiness, metrics_port=0, health_port=0, host="127.0.0.1"
+    )
+    try:
+        readiness.operator_failed("kubernetes", "the leases task failed: RuntimeError('x')")
+        readiness.operator_stopped()  # the shut-down that follows must not hide the cause
+        readiness.operator_started()
+        assert readiness.fatal == "kubernetes: the leases task failed: RuntimeError('x')"
+        status, _, body = await _get(http, running, "/healthz")
+        assert status == 503
+        assert body == f"not running: failed: {readiness.fatal}\n"
+        _, _, body = await _get(http, running, "/readyz")
+        assert "[-]kubernetes: the leases task failed: RuntimeError('x')\n" in body
+    finally:
+        await server.stop(running)
 
 
 def test_an_unknown_check_name_is_refused() -> None:
