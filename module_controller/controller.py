@@ -117,11 +117,13 @@ class ModuleController:
                 await work
             except asyncio.CancelledError:
                 raise
-            except BaseException:
+            except BaseException as error:
                 # A background task must never die silently: say so, then stop the process
                 # (Kopf shuts down on SIGTERM) so that it is restarted whole, not half-alive.
+                # operator_failed makes /healthz fail and `module-controller run` exit 1.
                 log.critical("The %s task failed; the operator stops.", name, exc_info=True)
-                self.readiness.set("mqtt" if name == "mqtt-tunnel" else "kubernetes", False, name)
+                check = "mqtt" if name == "mqtt-tunnel" else "kubernetes"
+                self.readiness.operator_failed(check, f"the {name} task failed: {error!r}")
                 signal.raise_signal(signal.SIGTERM)
                 raise
 
@@ -172,10 +174,11 @@ class ModuleController:
             self.readiness.set("mqtt", True, "connected to the broker")
         elif isinstance(event, BrokerDisconnected):
             self.readiness.set("mqtt", False, event.reason)
-            log.warning(
-                "Lost the MQTT broker (%s): base liveness is paused until it is back.",
-                event.reason,
-            )
+            if event.was_connected:
+                log.warning(
+                    "Lost the MQTT broker (%s): base liveness is paused until it is back.",
+                    event.reason,
+                )
             self.registry.broker_down()
 
     def _heartbeat(self, event: BaseHeartbeat) -> None:
@@ -309,6 +312,10 @@ class ModuleController:
         if silence is None:
             return  # disconnected: BrokerDisconnected already paused liveness
         bound = self.settings.broker_suspect_seconds
+        if not self.tunnel.probe_returned:
+            # Our probe never came back on this connection (an ACL may deny its topic): the
+            # bases' own messages are the proof then, and they come once a heartbeat period.
+            bound = max(bound, 3 * self.settings.base_heartbeat_seconds)
         if silence < bound:
             if not self.registry.broker_delivering:
                 log.info("The MQTT broker delivers again: base liveness resumes.")
@@ -316,6 +323,10 @@ class ModuleController:
                 self.readiness.set("mqtt", True, "the broker delivers")
             return
         detail = f"no message through the broker for {silence:.0f}s"
+        if not self.tunnel.probe_returned:
+            detail += (
+                f" (our probe on {self.tunnel.probe_topic} never came back: does an ACL deny it?)"
+            )
         self.readiness.set("mqtt", False, detail)
         if not self.registry.broker_delivering:
             return
