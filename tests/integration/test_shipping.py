@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from module_controller.settings import Settings
 from module_controller.testbed.binaries import KUBERNETES_VERSION
 from module_controller.testbed.helm import ensure_helm
 
@@ -214,6 +215,28 @@ def test_every_deployment_runs_one_operator_with_probes_as_non_root(helm: Path) 
         assert (env["HEALTH_PORT"], env["METRICS_PORT"]) == ("8081", "9090"), source
         assert pod["securityContext"]["runAsNonRoot"] is True, source
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, source
+
+
+def test_a_slow_start_is_not_killed_and_every_env_name_is_a_setting(helm: Path) -> None:
+    """/healthz fails until start-up has finished, so a startup probe on it must allow a
+    slow start (listing a big cluster) before liveness counts; and every variable the
+    Deployments set, `extraEnv` included, must be one the operator reads."""
+    settings = {name.upper() for name in Settings.model_fields}
+    deployments = _deployments(helm)
+    for source, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        assert startup["httpGet"] == {"path": "/healthz", "port": "health"}, source
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, source
+        # Once started, a wedged operator is restarted within about half a minute.
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 60, source
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", source
+        names = {entry["name"] for entry in container["env"]}
+        assert names <= settings, f"{source}: not settings: {sorted(names - settings)}"
+    full = deployments["full-values.yaml"]
+    (container,) = full["spec"]["template"]["spec"]["containers"]
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert env["BROKER_SUSPECT_SECONDS"] == "20"
 
 
 def test_tls_files_are_mounted_where_the_settings_point(helm: Path) -> None:
