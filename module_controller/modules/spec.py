@@ -1,7 +1,23 @@
 """A module pod's containers as modules: name = bizName, image = jar URL, BIZ_VERSION.
 
 Pure functions of the pod body. A container that cannot be a module is reported with a
-sentence saying why, so the pod's status and a Warning Event can tell the user.
+sentence saying why, so the pod's status and a Warning Event can tell the user (values are
+quoted cut to a few dozen characters: a pod's status must not grow with a user's typo).
+
+Upgrading a module on a base, per pod, with the annotation
+``module-controller.koupleless.io/upgrade``:
+
+- absent (the default): side by side. The new version is installed next to the old one;
+  the old version's pod goes NotReady when the new version is ACTIVATED, then the new pod
+  goes Ready; the old version is uninstalled when its pod is deleted.
+- ``uninstall-then-install``: the old version is uninstalled first. On the base, the pods of
+  the other versions of the module go NotReady, those versions are uninstalled, the pod's
+  version is installed, and the pod goes Ready. Use it for web modules: a base cannot run two
+  versions of a module that share one web context path (the second goes BROKEN with
+  ``Child name [/biz1] is not unique``). The base serves no version of the module between
+  the uninstall and the install.
+
+The annotation of the newest pod that wants a module on a base decides for that module.
 """
 
 from __future__ import annotations
@@ -11,9 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from module_controller.modules.text import shown
 from module_controller.protocol import BizModel, biz_key
 
 VERSION_ENV = "BIZ_VERSION"
+UPGRADE_ANNOTATION = "module-controller.koupleless.io/upgrade"
+UNINSTALL_THEN_INSTALL = "uninstall-then-install"
 URL_SCHEMES = frozenset({"http", "https", "file"})
 # bizName is the module's Maven artifactId; container names are DNS labels anyway.
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -84,7 +103,7 @@ def pod_modules(pod: dict[str, Any]) -> PodModules:
         name = str(container.get("name") or "")
         image = str(container.get("image") or "")
         if not _MODULE_NAME.match(name):
-            problems.append(f"container name {name!r} is not a valid module (biz) name")
+            problems.append(f"container name {shown(name)} is not a valid module (biz) name")
             continue
         version, problem = _version_of(container)
         if problem is not None:
@@ -92,11 +111,16 @@ def pod_modules(pod: dict[str, Any]) -> PodModules:
             continue
         assert version is not None
         if not _VERSION.match(version):
-            problems.append(f"container {name}: {VERSION_ENV}={version!r} is not a valid version")
+            problems.append(
+                f"container {name}: {VERSION_ENV}={shown(version)} is not a valid version "
+                "(at most 128 letters, digits, '.', '_', '+' or '-')"
+            )
             continue
         bad_url = url_problem(image)
         if bad_url is not None:
-            problems.append(f"container {name}: image {image!r} {bad_url} (a module jar URL)")
+            problems.append(
+                f"container {name}: image {shown(image, 200)} {bad_url} (a module jar URL)"
+            )
             continue
         modules.append(ModuleSpec(container=name, name=name, version=version, url=image))
     return PodModules(tuple(modules), tuple(problems))

@@ -9,7 +9,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from module_controller.modules.spec import PodModules, pod_modules
+from module_controller.modules import reasons
+from module_controller.modules.replies import (
+    lock_conflict,
+    mismatch_message,
+    repeated_key,
+    reply_text,
+    web_context_conflict,
+    web_context_message,
+)
+from module_controller.modules.spec import UPGRADE_ANNOTATION, PodModules, pod_modules
+from module_controller.modules.text import bounded
 from module_controller.protocol import (
     BatchInstallBizResponse,
     BizOperationResponse,
@@ -34,10 +44,21 @@ class ModulePod:
     status: dict[str, Any]
     resource_version: str
     deletion_seen_at: float | None = None
+    # Made by a controller (ReplicaSet, StatefulSet, ...), which replaces it when deleted.
+    owned: bool = False
+    upgrade: str = ""  # the UPGRADE_ANNOTATION's value (see spec.py)
+    seen: float = 0.0  # when this operator first saw it (clock seconds)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def age(self) -> tuple[str, float, str]:
+        """Sorts pods oldest first. creationTimestamp counts whole seconds: a Deployment
+        makes the new pod in the second it deletes the old one, so the order in which we
+        saw them decides a tie."""
+        return (self.created, self.seen, self.name)
 
     @property
     def observed_ready(self) -> bool:
@@ -49,6 +70,8 @@ class ModulePod:
 
 def module_pod_of(body: dict[str, Any]) -> ModulePod:
     metadata = body.get("metadata") or {}
+    owners = metadata.get("ownerReferences") or []
+    annotations = metadata.get("annotations") or {}
     return ModulePod(
         namespace=str(metadata.get("namespace") or ""),
         name=str(metadata.get("name") or ""),
@@ -59,6 +82,8 @@ def module_pod_of(body: dict[str, Any]) -> ModulePod:
         wants=pod_modules(body),
         status=dict(body.get("status") or {}),
         resource_version=str(metadata.get("resourceVersion") or ""),
+        owned=any(owner.get("controller") for owner in owners if isinstance(owner, dict)),
+        upgrade=str(annotations.get(UPGRADE_ANNOTATION) or ""),
     )
 
 
@@ -86,6 +111,41 @@ class Uninstall:
 
 
 @dataclass
+class InstallFailure:
+    """Why a module that pods want is not (properly) on its base, and when to try again.
+
+    `message` is what pods and Events show: it must not change from one retry to the next
+    when the base says the same, or each retry would patch every pod again.
+    """
+
+    reason: str
+    message: str
+    url: str  # the jar that failed
+    at: float  # when the base last answered the failure
+    attempts: int = 1
+    retry: bool = True  # False: only a change of the pods' spec tries again
+    # The pods that wanted the module when it failed (filled in by the planner); a pod not
+    # among them is a new spec, which starts over.
+    pods: frozenset[str] | None = None
+
+    def due(self, first: float, longest: float) -> float:
+        """When the next try may go: `first` seconds, doubling per failure, at most `longest`."""
+        return self.at + min(first * 2.0 ** (self.attempts - 1), longest)
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    """What an install / uninstall answer means, for Events and metrics."""
+
+    key: str
+    installing: bool
+    ok: bool
+    reason: str
+    message: str
+    report: bool = True  # False: nothing worth an Event (a REPEAT_BIZ of what is there)
+
+
+@dataclass
 class BaseModules:
     """Modules on one base: reported inventory, and commands still in flight."""
 
@@ -99,17 +159,29 @@ class BaseModules:
     urls: dict[str, str] = field(default_factory=dict)
     # Problems already reported as Events, so each is reported once per pod and cause.
     reported: set[tuple[str, str]] = field(default_factory=set)
+    # Installs that failed, by module key: backoff and what the pods say.
+    failures: dict[str, InstallFailure] = field(default_factory=dict)
+    # Modules our own install put on the base under another name:version than asked (the
+    # jar's manifest wins): declared key -> asked key. Uninstalled unless a pod wants them.
+    strays: dict[str, str] = field(default_factory=dict)
+
+
+_SETTING_UP = frozenset({BizState.UNRESOLVED, BizState.RESOLVED})
 
 
 def _installed_of(info: SimpleBizInfo) -> InstalledModule:
+    # Older SOFAArk sends records without fields ({}): every field may be missing.
     record = info.latest_state_record
+    reason = getattr(record, "reason", None)
+    message = getattr(record, "message", None)
+    change_time = getattr(record, "change_time", None)
     return InstalledModule(
         name=info.name,
         version=info.version,
         state=info.state,
-        reason=str(record.reason) if record is not None and record.reason else None,
-        message=record.message if record is not None else None,
-        change_time_ms=record.change_time if record is not None else None,
+        reason=str(reason) if reason and str(reason) != "UNDEFINE" else None,
+        message=str(message) if message else None,
+        change_time_ms=change_time if isinstance(change_time, int) and change_time > 0 else None,
     )
 
 
@@ -139,6 +211,7 @@ class ModuleState:
             pod.resource_version, old.resource_version
         ):
             return set()
+        pod.seen = old.seen if old is not None else now
         if pod.deleting:
             pod.deletion_seen_at = old.deletion_seen_at if old and old.deletion_seen_at else now
         self.pods[pod.uid] = pod
@@ -163,55 +236,143 @@ class ModuleState:
         base = self.bases[identity]
         base.inventory = {info.key: _installed_of(info) for info in modules}
         for key in list(base.installing):
-            if key in base.inventory:
+            installed = base.inventory.get(key)
+            # Still being set up (RESOLVED) is not an answer: it may vanish again.
+            if installed is not None and installed.state not in _SETTING_UP:
                 del base.installing[key]
         for key in list(base.uninstalling):
             if key not in base.inventory:
                 del base.uninstalling[key]
+        for key in list(base.failures):
+            installed = base.inventory.get(key)
+            if installed is not None and installed.state is not BizState.BROKEN:
+                del base.failures[key]  # it is there after all (a retry, or a slow reply)
+        # Bookkeeping of modules that are gone and not on their way in.
+        for key in [k for k in base.urls if k not in base.inventory and k not in base.installing]:
+            del base.urls[key]
+        for key in [k for k in base.orphan_since if k not in base.inventory]:
+            del base.orphan_since[key]
 
-    def apply_operation(self, identity: str, result: BizOperationResponse) -> str | None:
-        """Fold an install / uninstall reply into the inventory; returns the module key."""
+    def apply_operation(
+        self, identity: str, result: BizOperationResponse, now: float
+    ) -> OperationOutcome | None:
+        """Fold an install / uninstall reply into what we know of the base.
+
+        A pod goes Ready only on what the base lists: an install reply adds a module to the
+        inventory only when its `bizInfos` show that very name:version (the jar's manifest
+        wins over the request, so a top-level SUCCESS alone proves nothing). A failed
+        install leaves no entry (a failed download leaves nothing on the base; a failed
+        start shows up BROKEN in the next inventory): it becomes an InstallFailure, which
+        the planner retries with backoff.
+        """
         if not result.biz_name or not result.biz_version:
             return None
         key = biz_key(result.biz_name, result.biz_version)
         base = self.bases[identity]
+        if result.command == "installBiz":
+            return self._install_answered(identity, base, key, result, now)
+        if result.command != "uninstallBiz":
+            return None
         response = result.response
         data = response.data
         code = data.code if data is not None else response.code
-        if result.command == "installBiz":
-            base.installing.pop(key, None)
-            if code == ClientResponseCode.REPEAT_BIZ:
-                return key  # already there: the next inventory tells its state
-            if base.inventory is None:
-                return key
-            if response.ok and (data is None or data.ok):
-                state = BizState.ACTIVATED
-                for info in (data.biz_infos if data is not None else None) or []:
-                    if info.key == key and info.biz_state is not None:
-                        state = info.biz_state
-                known = base.inventory.get(key)
-                if known is None or known.state is not state:  # keep the base's own record
-                    base.inventory[key] = InstalledModule(
-                        result.biz_name, result.biz_version, state
-                    )
-            else:
-                message = (data.message if data is not None else None) or response.message
-                base.inventory[key] = InstalledModule(
-                    result.biz_name,
-                    result.biz_version,
-                    BizState.BROKEN,
-                    reason="INSTALL_FAILED",
-                    message=message,
-                )
-        elif result.command == "uninstallBiz":
-            gone = (response.ok and (data is None or data.ok)) or (
-                code == ClientResponseCode.NOT_FOUND_BIZ
+        ok = response.ok and (data is None or data.ok)
+        if ok or code == ClientResponseCode.NOT_FOUND_BIZ:
+            base.uninstalling.pop(key, None)
+            base.strays.pop(key, None)
+            if base.inventory is not None:
+                base.inventory.pop(key, None)
+        if ok:
+            return OperationOutcome(
+                key, False, True, "ModuleUninstalled", f"{key} uninstalled from base {identity}"
             )
-            if gone:
-                base.uninstalling.pop(key, None)
-                if base.inventory is not None:
-                    base.inventory.pop(key, None)
-        return key
+        return OperationOutcome(
+            key,
+            False,
+            False,
+            "UninstallFailed",
+            bounded(f"{key} could not be uninstalled from base {identity}: {reply_text(result)}"),
+        )
+
+    def _install_answered(
+        self,
+        identity: str,
+        base: BaseModules,
+        key: str,
+        result: BizOperationResponse,
+        now: float,
+    ) -> OperationOutcome:
+        response = result.response
+        data = response.data
+        code = data.code if data is not None else response.code
+        text = reply_text(result)
+        url = base.urls.get(key, "")
+        if code == ClientResponseCode.REPEAT_BIZ:
+            declared = repeated_key(text)
+            if declared is not None and declared != key:
+                return self._mismatch(base, key, declared, url, now, installed_now=False)
+            # It is there already: `installing` stays until the inventory lists it.
+            return OperationOutcome(key, True, True, "", "", report=False)
+        if response.ok and (data is None or data.ok):
+            listed = {info.key: info for info in (data.biz_infos if data else None) or []}
+            if key not in listed and listed:
+                # The jar registered itself under its manifest's name:version.
+                declared = next(
+                    (k for k, info in listed.items() if info.biz_name == result.biz_name),
+                    next(iter(listed)),
+                )
+                return self._mismatch(base, key, declared, url, now, installed_now=True)
+            info = listed.get(key)
+            if info is not None:
+                base.installing.pop(key, None)
+                base.failures.pop(key, None)
+                if base.inventory is not None and info.biz_state is not None:
+                    known = base.inventory.get(key)
+                    if known is None or known.state is not info.biz_state:
+                        base.inventory[key] = InstalledModule(
+                            info.biz_name, info.biz_version, info.biz_state
+                        )
+            # Without bizInfos only the inventory can tell: `installing` stays until then.
+            return OperationOutcome(
+                key, True, True, "ModuleInstalled", f"{key} installed on base {identity}"
+            )
+        if data is None and lock_conflict(text):
+            base.installing[key] = now  # an install of it still runs on the base: wait for it
+            return OperationOutcome(key, True, False, "", "", report=False)
+        base.installing.pop(key, None)
+        whole = "\n".join(filter(None, (response.message, data.message if data else None)))
+        if web_context_conflict(whole):
+            reason, message = reasons.WEB_CONTEXT_IN_USE, web_context_message(key, whole)
+        else:
+            reason = reasons.INSTALL_FAILED
+            message = bounded(f"{key} could not be installed on base {identity}: {text}")
+        failure = base.failures.get(key)
+        if failure is not None and failure.retry and failure.url == url:
+            failure.attempts += 1
+            failure.at = now
+            failure.reason, failure.message = reason, message
+        else:
+            base.failures[key] = InstallFailure(reason, message, url, now)
+        return OperationOutcome(key, True, False, reason, message)
+
+    @staticmethod
+    def _mismatch(
+        base: BaseModules, key: str, declared: str, url: str, now: float, installed_now: bool
+    ) -> OperationOutcome:
+        """The jar is another name:version than the pod says: no retry until the spec changes.
+
+        Retrying the same jar can only give the same answer. What our own install put on the
+        base under the jar's name:version is a stray, uninstalled unless a pod wants it.
+        """
+        base.installing.pop(key, None)
+        if installed_now:  # (a module that was there already answers REPEAT_BIZ instead)
+            base.strays[declared] = key
+            base.urls[declared] = url
+        message = mismatch_message(url, declared, key)
+        base.failures[key] = InstallFailure(
+            reasons.VERSION_MISMATCH, message, url, now, retry=False
+        )
+        return OperationOutcome(key, True, False, reasons.VERSION_MISMATCH, message)
 
     def apply_batch(self, identity: str, result: BatchInstallBizResponse) -> None:
         """A base installed its baseline: what it reports joins the inventory."""
@@ -219,12 +380,13 @@ class ModuleState:
         data = result.response.data
         if base.inventory is None or data is None:
             return
-        for entry in (data.biz_url_to_response or {}).values():
+        for url, entry in (data.biz_url_to_response or {}).items():
             for info in entry.biz_infos or []:  # may be absent: guard, unlike the Go code
                 if info.biz_state is not None:
                     base.inventory[info.key] = InstalledModule(
                         info.biz_name, info.biz_version, info.biz_state
                     )
+                    base.urls[info.key] = url  # the jar it came from
 
     def forget_base(self, identity: str) -> None:
         self.bases.pop(identity, None)

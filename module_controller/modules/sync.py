@@ -1,8 +1,11 @@
 """Carrying out a base's plan: commands to the base, status patches, pod removals.
 
 One worker per base at a time (a keyed queue), and the status patches of a plan are sent
-one after the other, each awaited: so the API server sees an old pod go NotReady before
-the new pod goes Ready, which is the seed's lossless update.
+one after the other, each awaited, in this order: the writes that take pods out of Ready,
+then uninstalls and installs, then the other writes. So the API server sees an old pod go
+NotReady before its module is uninstalled and before the new pod goes Ready, which is the
+seed's lossless update. A plan that waits for a backoff or a grace period to end is looked
+at again then (a timer per base), not only at the next inventory poll.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.modules import reasons
 from module_controller.modules.planner import EventType, PlanContext, plan_base
-from module_controller.modules.state import ModulePod, ModuleState
+from module_controller.modules.state import ModulePod, ModuleState, OperationOutcome
+from module_controller.modules.status import not_ready_status, shows_ready
+from module_controller.modules.text import bounded
 from module_controller.observability.metrics import Metrics, ModulePodState
 from module_controller.protocol import (
     BatchInstallBizResponse,
@@ -83,6 +89,7 @@ class ModuleSync:
         # When each install / uninstall was sent, for the latency histograms.
         self._install_sent: dict[tuple[str, str], float] = {}
         self._uninstall_sent: dict[tuple[str, str], float] = {}
+        self._wakeups: dict[str, asyncio.TimerHandle] = {}
 
     def _count_error(self, error: Exception) -> None:
         if isinstance(error, ApiException):
@@ -92,6 +99,9 @@ class ModuleSync:
         self.queue.start()
 
     async def stop(self) -> None:
+        for handle in self._wakeups.values():
+            handle.cancel()
+        self._wakeups.clear()
         await self.queue.stop()
 
     def base_changed(self, identity: str) -> None:
@@ -112,9 +122,9 @@ class ModuleSync:
 
     async def operation_answered(self, identity: str, result: BizOperationResponse) -> None:
         """An install or uninstall answer: fold it in, tell the pods, ask for the inventory."""
-        key = self.state.apply_operation(identity, result)
-        if key is not None:
-            self._report_operation(identity, result, key)
+        outcome = self.state.apply_operation(identity, result, self.clock())
+        if outcome is not None:
+            self._report_operation(identity, outcome)
         await self.query_inventory(identity)
         self.base_changed(identity)
 
@@ -128,34 +138,25 @@ class ModuleSync:
         with contextlib.suppress(TunnelUnavailable):
             await self.tunnel.query_all_biz(identity)
 
-    def _report_operation(self, identity: str, result: BizOperationResponse, key: str) -> None:
-        """An install or uninstall answer, as Events on the pods that wanted it."""
-        response = result.response
-        data = response.data
-        ok = response.ok and (data is None or data.ok)
-        message = (data.message if data is not None else None) or response.message or ""
-        installing = result.command == "installBiz"
-        if installing:
-            self.install_answered(identity, key, ok)
-        else:
-            self.uninstall_answered(identity, key, ok)
+    def _report_operation(self, identity: str, outcome: OperationOutcome) -> None:
+        """An install or uninstall answer, as Events on the pods that wanted it.
+
+        The message is the same for every retry of the same failure, so the recorder counts
+        the repeats on one Event instead of making one per retry.
+        """
+        if outcome.report or outcome.ok:
+            if outcome.installing:
+                self.install_answered(identity, outcome.key, outcome.ok)
+            else:
+                self.uninstall_answered(identity, outcome.key, outcome.ok)
         record = self.registry.bases.get(identity)
-        if record is None:
+        if record is None or not outcome.report:
             return
-        verb = "installed" if installing else "uninstalled"
-        reason = (
-            ("ModuleInstalled" if installing else "ModuleUninstalled")
-            if ok
-            else ("InstallFailed" if installing else "UninstallFailed")
-        )
-        text = (
-            f"{key} {verb} on base {identity}"
-            if ok
-            else (f"{key} could not be {verb} on base {identity}: {message}")
-        )
         for pod in self.state.pods_on(record.node_name):
-            if any(spec.key == key for spec in pod.wants.modules):
-                self.events.pod_event(pod, "Normal" if ok else "Warning", reason, text)
+            if any(spec.key == outcome.key for spec in pod.wants.modules):
+                self.events.pod_event(
+                    pod, "Normal" if outcome.ok else "Warning", outcome.reason, outcome.message
+                )
 
     def install_answered(self, identity: str, key: str, ok: bool) -> None:
         sent = self._install_sent.pop((identity, key), None)
@@ -186,6 +187,8 @@ class ModuleSync:
         base = self.state.bases.get(record.identity) if record is not None else None
         if base is None or base.inventory is None:
             return "pending"
+        if any(spec.key in base.failures for spec in pod.wants.modules):
+            return "failed"
         installed = [base.inventory.get(spec.key) for spec in pod.wants.modules]
         if any(m is not None and m.state is BizState.BROKEN for m in installed):
             return "failed"
@@ -200,9 +203,12 @@ class ModuleSync:
     async def sync_base(self, identity: str) -> None:
         record = self.registry.bases.get(identity)
         if record is None:
-            return  # the base is gone: its pods are the pod garbage collector's now
+            # The base is gone: base_gone() marked its pods; they are the pod garbage
+            # collector's now, and nothing here may write them Ready again.
+            return
         pods = self.state.pods_on(record.node_name)
         base = self.state.bases[identity]
+        replacing = any(pod.deleting and pod.owned for pod in pods)
         context = PlanContext(
             settings=self.settings,
             base_ip=record.ip,
@@ -210,10 +216,14 @@ class ModuleSync:
             orphans_allowed=self.state.listed,
             now=self.clock(),
             wall=datetime.datetime.now(datetime.UTC),
+            unscheduled_keys=self._unscheduled_keys() if replacing else frozenset(),
         )
         plan = plan_base(pods, base, context)
+        self._wake_later(identity, plan.wake_at)
         if plan.empty:
             return
+        for pod, status in plan.going_down:
+            await self._write_status(pod, status)
         for biz in plan.uninstalls:
             log.info("Uninstalling %s from base %s.", biz.key, identity)
             self._uninstall_sent.setdefault((identity, biz.key), self.clock())
@@ -221,6 +231,7 @@ class ModuleSync:
         for spec in plan.installs:
             log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
             self._install_sent[(identity, spec.key)] = self.clock()
+            self.metrics.record_install_command()
             await self.tunnel.install_biz(identity, spec.biz())
         for pod, status in plan.status_writes:
             await self._write_status(pod, status)
@@ -229,7 +240,54 @@ class ModuleSync:
         for pod in plan.deletions:
             await self._remove(pod)
 
+    def _unscheduled_keys(self) -> frozenset[str]:
+        """Modules wanted by live pods not placed yet (a replacement may land anywhere)."""
+        return frozenset(
+            spec.key
+            for pod in self.state.pods.values()
+            if pod.node_name is None and not pod.deleting
+            for spec in pod.wants.modules
+        )
+
+    def _wake_later(self, identity: str, at: float | None) -> None:
+        """Plan the base again at `at` (clock seconds); one timer per base, the earliest."""
+        if at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - self.clock()) + 0.05  # just past the moment, not just before
+        existing = self._wakeups.get(identity)
+        if existing is not None:
+            if existing.when() <= loop.time() + delay:
+                return
+            existing.cancel()
+        self._wakeups[identity] = loop.call_later(delay, self._wake, identity)
+
+    def _wake(self, identity: str) -> None:
+        self._wakeups.pop(identity, None)
+        self.queue.add(identity)
+
+    async def base_gone(self, node_name: str, message: str) -> None:
+        """A base is gone for good: its pods say so before its node is deleted.
+
+        The controller awaits this before deleting the node, so no pod on it shows Ready
+        (or 1/1) while its base no longer exists. A failed write does not keep the node.
+        The call may come late (it is a task of its own): a base heard again meanwhile is
+        alive, and its pods are left alone.
+        """
+        if self.registry.base_of_node(node_name) is not None:
+            return
+        text = bounded(f"the base of node {node_name} is gone: {message}")
+        wall = datetime.datetime.now(datetime.UTC)
+        for pod in self.state.pods_on(node_name):
+            if pod.deleting or not shows_ready(pod.status):
+                continue
+            try:
+                await self._write_status(pod, not_ready_status(pod, reasons.BASE_GONE, text, wall))
+            except ApiException as error:
+                log.warning("Could not mark pod %s not ready (%s).", pod.key, error.status)
+
     async def _write_status(self, pod: ModulePod, status: dict[str, Any]) -> None:
+        self.metrics.record_pod_status_write()
         try:
             answer = await self.core.patch_namespaced_pod_status(
                 pod.name, pod.namespace, {"status": status}

@@ -73,7 +73,7 @@ def context(
 
 def test_nothing_is_sent_before_the_base_reports_its_modules() -> None:
     plan = plan_base([pod("a", [("biz1", "1")])], BaseModules(), context())
-    assert plan.installs == [] and plan.uninstalls == [] and plan.status_writes == []
+    assert plan.installs == [] and plan.uninstalls == [] and plan.writes == []
 
 
 def test_a_scheduled_pod_installs_each_container_once() -> None:
@@ -90,7 +90,7 @@ def test_a_scheduled_pod_installs_each_container_once() -> None:
 def test_activated_modules_make_the_pod_running_and_ready() -> None:
     base = BaseModules(inventory=inventory(biz1__1=BizState.ACTIVATED))
     plan = plan_base([pod("a", [("biz1", "1")])], base, context())
-    [(written, status)] = plan.status_writes
+    [(written, status)] = plan.writes
     assert written.name == "a" and is_ready(status)
     assert status["phase"] == "Running"
     assert status["podIP"] == status["hostIP"] == "127.0.0.7"
@@ -110,7 +110,7 @@ def test_activated_modules_make_the_pod_running_and_ready() -> None:
 def test_other_states_are_not_ready(state: BizState, phase: str, kind: str) -> None:
     base = BaseModules(inventory=inventory(biz1__1=state))
     plan = plan_base([pod("a", [("biz1", "1")])], base, context())
-    [(_, status)] = plan.status_writes
+    [(_, status)] = plan.writes
     assert not is_ready(status)
     assert status["phase"] == phase
     assert kind in status["containerStatuses"][0]["state"]
@@ -133,8 +133,8 @@ def test_a_broken_module_is_reported_once_with_the_bases_message() -> None:
     [event] = plan.events
     assert (event.type, event.reason) == ("Warning", "INSTALL_FAILED")
     assert "boom" in event.message
-    waiting = plan.status_writes[0][1]["containerStatuses"][0]["state"]["waiting"]
-    assert waiting == {"reason": "INSTALL_FAILED", "message": "boom"}
+    waiting = plan.writes[0][1]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting == {"reason": "INSTALL_FAILED", "message": "biz1:1 is BROKEN: boom"}
     assert plan_base([pod("a", [("biz1", "1")])], base, context()).events == []
     assert plan.installs == [], "a broken module is not reinstalled by itself"
 
@@ -142,10 +142,10 @@ def test_a_broken_module_is_reported_once_with_the_bases_message() -> None:
 def test_an_unchanged_status_is_not_written_again() -> None:
     base = BaseModules(inventory=inventory(biz1__1=BizState.ACTIVATED))
     first = plan_base([pod("a", [("biz1", "1")])], base, context())
-    written = first.status_writes[0][1]
+    written = first.writes[0][1]
     settled = pod("a", [("biz1", "1")])
     settled.status = written
-    assert plan_base([settled], base, context(now=9)).status_writes == []
+    assert plan_base([settled], base, context(now=9)).writes == []
     assert fingerprint(written) == fingerprint(settled.status)
 
 
@@ -156,7 +156,7 @@ def test_lossless_update_old_pod_not_ready_before_new_pod_ready() -> None:
         inventory=inventory(biz1__1=BizState.DEACTIVATED, biz1__2=BizState.ACTIVATED)
     )
     plan = plan_base([new, old], base, context())
-    order = [(p.name, is_ready(s)) for p, s in plan.status_writes]
+    order = [(p.name, is_ready(s)) for p, s in plan.writes]
     assert order == [("old", False), ("new", True)]
 
 
@@ -165,11 +165,11 @@ def test_a_superseded_version_goes_not_ready_even_if_still_activated() -> None:
     new = pod("new", [("biz1", "2")], created="2026-11-28T11:00:00Z")
     base = BaseModules(inventory=inventory(biz1__1=BizState.ACTIVATED, biz1__2=BizState.ACTIVATED))
     plan = plan_base([new, old], base, context())
-    statuses = {p.name: s for p, s in plan.status_writes}
+    statuses = {p.name: s for p, s in plan.writes}
     assert not is_ready(statuses["old"])
     assert statuses["old"]["conditions"][2]["reason"] == "SupersededByNewerVersion"
     assert is_ready(statuses["new"])
-    assert [p.name for p, _ in plan.status_writes] == ["old", "new"]
+    assert [p.name for p, _ in plan.writes] == ["old", "new"]
 
 
 def test_rollback_makes_the_newest_pod_serve_the_older_version() -> None:
@@ -178,7 +178,7 @@ def test_rollback_makes_the_newest_pod_serve_the_older_version() -> None:
     base = BaseModules(
         inventory=inventory(biz1__1=BizState.ACTIVATED, biz1__2=BizState.DEACTIVATED)
     )
-    statuses = {p.name: s for p, s in plan_base([current, rollback], base, context()).status_writes}
+    statuses = {p.name: s for p, s in plan_base([current, rollback], base, context()).writes}
     assert is_ready(statuses["v1-again"]) and not is_ready(statuses["v2"])
 
 
@@ -263,7 +263,7 @@ def test_an_invalid_pod_gets_an_explaining_status_an_event_and_no_command() -> N
     base = BaseModules(inventory={})
     plan = plan_base([broken], base, context())
     assert plan.installs == []
-    [(_, status)] = plan.status_writes
+    [(_, status)] = plan.writes
     message = status["conditions"][-1]["message"]
     assert "BIZ_VERSION" in message and "Bad Name" in message and "not a URL" in message
     assert [e.reason for e in plan.events] == ["InvalidModuleSpec"]
@@ -273,7 +273,7 @@ def test_pods_on_a_silent_base_go_not_ready() -> None:
     base = BaseModules(inventory=inventory(biz1__1=BizState.ACTIVATED))
     serving = pod("a", [("biz1", "1")], ready=True)
     plan = plan_base([serving], base, context(ready=False))
-    [(_, status)] = plan.status_writes
+    [(_, status)] = plan.writes
     assert not is_ready(status)
     assert status["conditions"][-1]["reason"] == "BaseNotReady"
     assert plan.installs == [] and plan.uninstalls == []
