@@ -85,6 +85,7 @@ class ModuleController:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._short_tasks: set[asyncio.Task[None]] = set()
+        self._probe_denied_told = False
 
     async def start(self) -> None:
         await self.nodes.adopt_existing()
@@ -313,9 +314,19 @@ class ModuleController:
             return  # disconnected: BrokerDisconnected already paused liveness
         bound = self.settings.broker_suspect_seconds
         if not self.tunnel.probe_returned:
-            # Our probe never came back on this connection (an ACL may deny its topic): the
-            # bases' own messages are the proof then, and they come once a heartbeat period.
-            bound = max(bound, 3 * self.settings.base_heartbeat_seconds)
+            # Our probe never came back on this connection (an ACL may deny its topic).
+            # Silence proves nothing then (a dead fleet is silent too): only the MQTT
+            # keepalive can tell a frozen broker, so say so once and judge no further.
+            if silence >= bound and not self._probe_denied_told:
+                self._probe_denied_told = True
+                log.warning(
+                    "Our broker probe on %s never came back: does the broker's ACL deny this "
+                    "client that topic? Without it a frozen broker is noticed only by the MQTT "
+                    "keepalive (MQTT_KEEPALIVE_SECONDS), so nodes may go NotReady first.",
+                    self.tunnel.probe_topic,
+                )
+            return
+        self._probe_denied_told = False
         if silence < bound:
             if not self.registry.broker_delivering:
                 log.info("The MQTT broker delivers again: base liveness resumes.")
@@ -323,10 +334,6 @@ class ModuleController:
                 self.readiness.set("mqtt", True, "the broker delivers")
             return
         detail = f"no message through the broker for {silence:.0f}s"
-        if not self.tunnel.probe_returned:
-            detail += (
-                f" (our probe on {self.tunnel.probe_topic} never came back: does an ACL deny it?)"
-            )
         self.readiness.set("mqtt", False, detail)
         if not self.registry.broker_delivering:
             return

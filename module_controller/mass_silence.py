@@ -44,6 +44,9 @@ class MassSilence:
     max_seconds: float
     since: float | None = None
     gave_up: bool = False
+    # Set by the tick in which a mass silence ended because bases were heard again: the
+    # ones still silent are coming back over a heartbeat period and get a fresh grace.
+    ended_by_recovery: bool = False
 
     @property
     def active(self) -> bool:
@@ -51,6 +54,7 @@ class MassSilence:
 
     def holds_deletions(self, silent_last_seen: Sequence[float], total: int, now: float) -> bool:
         """Judge this tick: `silent_last_seen` are the last-heard times of silent bases."""
+        self.ended_by_recovery = False
         many = len(silent_last_seen) >= MIN_SILENT_BASES and len(silent_last_seen) > (
             self.share * total
         )
@@ -63,6 +67,7 @@ class MassSilence:
                     len(silent_last_seen),
                     total,
                 )
+            self.ended_by_recovery = self.since is not None and not self.gave_up
             self.since = None
             self.gave_up = False
             return False

@@ -217,7 +217,7 @@ class BaseRegistry:
             self._paused_since = self.clock()
 
     def _resume_if_trusted(self) -> None:
-        """Every base gets a fresh grace period: we could not hear it while we were away.
+        """Every Ready base gets a fresh grace period: we could not hear it while away.
 
         A broker outage says nothing about the bases, so it is never a reason to delete a
         node, however long it lasts: /readyz, the metrics and Events say the broker is out.
@@ -228,7 +228,12 @@ class BaseRegistry:
         self._paused_since = None
         now = self.clock()
         for record in self.bases.values():
-            record.last_seen = max(record.last_seen, now)
+            if record.ready:
+                record.last_seen = max(record.last_seen, now)
+            else:
+                # Silent while the broker was trusted: its clock only stopped. A fresh grace
+                # here would let a flapping broker keep a dead base's node forever.
+                record.last_seen = min(now, record.last_seen + paused)
         if self.bases:
             log.info(
                 "Base liveness resumes after %.0fs without a trusted broker: every base gets "
@@ -275,6 +280,12 @@ class BaseRegistry:
         ]
         assert self._mass_silence is not None
         hold = self._mass_silence.holds_deletions(silent_since, len(self.bases), now)
+        if self._mass_silence.ended_by_recovery:
+            # Bases come back over one heartbeat period: the ones not heard yet keep their
+            # nodes (NotReady) for one more dead-time window instead of going this tick.
+            for record in self.bases.values():
+                if now - record.last_seen >= not_ready_after:
+                    record.last_seen = max(record.last_seen, now - not_ready_after)
         changed = []
         for record in list(self.bases.values()):
             silent = now - record.last_seen

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         default=15,
         ge=5,
         description="MQTT keepalive: a broker that stops answering pings is dropped after "
-        "1.5 times this (the Go controller uses 60).",
+        "about twice this (the Go controller uses 60).",
     )
     broker_probe_seconds: float = Field(
         default=3,
@@ -272,6 +272,11 @@ class Settings(BaseSettings):
             raise ValueError("BASE_DEAD_SECONDS must be longer than BASE_NOT_READY_SECONDS")
         if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise ValueError("LEASE_RENEW_SECONDS must be shorter than LEASE_DURATION_SECONDS")
+        if self.broker_suspect_seconds >= self.base_not_ready_seconds:
+            raise ValueError(
+                "BROKER_SUSPECT_SECONDS must be shorter than BASE_NOT_READY_SECONDS, or a frozen "
+                "broker turns every node NotReady before it is suspected"
+            )
         if self.broker_suspect_seconds <= self.broker_probe_seconds:
             raise ValueError("BROKER_SUSPECT_SECONDS must be longer than BROKER_PROBE_SECONDS")
         if self.install_retry_max_seconds < self.install_retry_seconds:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,24 @@ def _ki(value: int) -> str:
     return f"{value // 1024}Ki"
 
 
-def _bytes_of_ki(quantity: object) -> int | None:
-    """The bytes of a quantity this operator wrote (`<n>Ki`); None for anything else."""
-    text = str(quantity or "")
-    if text.endswith("Ki") and text[:-2].isdigit():
-        return int(text[:-2]) * 1024
-    return None
+_QUANTITY_SUFFIXES = {
+    "": 1,
+    **{
+        suffix: 1024 ** (power + 1)
+        for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))
+    },
+    **{suffix: 1000 ** (power + 1) for power, suffix in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+
+
+def _bytes_of_quantity(quantity: object) -> int | None:
+    """The bytes of a whole-number memory quantity ("524288Ki", or "512Mi" as the API server
+    writes it back in canonical form); None for anything else."""
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", str(quantity or ""))
+    if match is None or match.group(2) not in _QUANTITY_SUFFIXES:
+        return None
+    factor: int = _QUANTITY_SUFFIXES[match.group(2)]
+    return int(match.group(1)) * factor
 
 
 # Condition type -> (status, lastTransitionTime) as the node last showed them.
@@ -85,8 +98,8 @@ def memory_of(node: dict[str, Any], settings: Settings) -> tuple[int, int] | Non
     capacity = (status.get("capacity") or {}).get("memory")
     if capacity == settings.node_memory:
         return None
-    in_bytes = _bytes_of_ki(capacity)
-    allocatable = _bytes_of_ki((status.get("allocatable") or {}).get("memory"))
+    in_bytes = _bytes_of_quantity(capacity)
+    allocatable = _bytes_of_quantity((status.get("allocatable") or {}).get("memory"))
     if in_bytes is None:
         return None
     return in_bytes, allocatable if allocatable is not None else in_bytes

@@ -88,6 +88,7 @@ class NodeSyncer:
     def forget(self, name: str) -> None:
         """The Node is gone from the cluster (deleted by someone): check whether it should be."""
         self.existing.pop(name, None)
+        self.transitions.pop(name, None)  # a recreated node starts its own history
         self.queue.add(name)
 
     def _raw(self, obj: Any) -> dict[str, Any]:
