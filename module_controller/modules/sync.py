@@ -237,8 +237,14 @@ class ModuleSync:
             await self._write_status(pod, status)
         for event in plan.events:
             self.events.pod_event(event.pod, event.type, event.reason, event.message)
+        why = (
+            "the base no longer lists its modules, or another pod there still wants them"
+            if record.ready
+            else f"its base {identity} is silent, so nothing could be uninstalled; what the "
+            "base still holds is cleaned up when it is heard again"
+        )
         for pod in plan.deletions:
-            await self._remove(pod)
+            await self._remove(pod, why)
 
     def _unscheduled_keys(self) -> frozenset[str]:
         """Modules wanted by live pods not placed yet (a replacement may land anywhere)."""
@@ -307,7 +313,7 @@ class ModuleSync:
             "Pod %s is %s (%s).", pod.key, "Ready" if ready else "not ready", status.get("phase")
         )
 
-    async def _remove(self, pod: ModulePod) -> None:
+    async def _remove(self, pod: ModulePod, why: str) -> None:
         """What a kubelet does last: delete the object for good (grace period 0)."""
         try:
             await self.core.delete_namespaced_pod(
@@ -322,7 +328,9 @@ class ModuleSync:
             if error.status not in (404, 409):
                 self.metrics.record_api_error("pods", error.status)
                 raise
-        log.info("Removed pod %s: its modules are uninstalled.", pod.key)
+        # Say what is true: "uninstalled" only where the base confirmed it (the inventory
+        # no longer lists the pod's modules), not for a pod let go from a silent base.
+        log.info("Removed pod %s: %s.", pod.key, why)
 
 
 async def poll_inventories(registry: BaseRegistry, tunnel: ModuleCommands) -> None:
