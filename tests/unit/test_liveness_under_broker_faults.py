@@ -1,6 +1,6 @@
 """Liveness under broker faults, from an adversarial review of broker suspicion and mass
 silence: each test states a behaviour the issue asks for. Those "found in review" failed on
-the first version of the change; the others were checked and held.
+the first version of the change (their docstrings say how); the others held.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def deleted(registry: BaseRegistry, changed: list[str]) -> list[str]:
 
 
 def test_a_mass_silence_ending_does_not_delete_the_bases_still_coming_back() -> None:
-    """Found in review: A partition silences all ten bases for two minutes; deletions are held. When it
+    """A partition silences all ten bases for two minutes; deletions are held. When it
     heals, the bases come back over one heartbeat period (one per second here). As soon as
     half of them are heard the silent share drops under 55 %, the mass silence ends, and the
     other half - silent past BASE_DEAD_SECONDS - are deleted in the same tick, a second
@@ -93,8 +93,8 @@ def test_a_mass_silence_that_is_never_heard_gives_up_at_the_bound() -> None:
 # --- liveness pause and resume --------------------------------------------------------------
 
 
-def test_a_flapping_broker_never_lets_a_dead_base_go() -> None:
-    """Found in review: The issue says liveness clocks *stop* while the broker is suspect; the resume
+def test_a_flapping_broker_still_lets_a_dead_base_go() -> None:
+    """The issue says liveness clocks *stop* while the broker is suspect; the resume
     instead restarts every clock from zero (last_seen = now). A broker that is suspect for
     12 s out of every 40 s (overloaded, GC pauses) then keeps a dead base's node forever:
     b2 is silent for ten minutes, 7 of them with a trusted broker, and is never deleted."""
@@ -190,8 +190,8 @@ def judging_controller(settings: Settings, registry: BaseRegistry, tunnel: FakeT
     return controller
 
 
-def test_with_the_probe_denied_a_dead_fleet_keeps_its_nodes_forever() -> None:
-    """Found in review: The broker's ACL denies the probe topic (an ACL granting the operator only
+def test_with_the_probe_denied_a_dead_fleet_loses_its_nodes() -> None:
+    """The broker's ACL denies the probe topic (an ACL granting the operator only
     `<root>/+/base/#` does). The fallback takes the bases' own messages as the proof, so
     when the only base dies the broker turns suspect 30 s later, liveness is paused, and the
     dead base's node is never deleted (nor is /readyz ever ready again) although the broker
@@ -209,8 +209,8 @@ def test_with_the_probe_denied_a_dead_fleet_keeps_its_nodes_forever() -> None:
     assert gone == ["virtual-node-b0"], "the dead base's node is kept for ten minutes"
 
 
-def test_with_the_probe_denied_an_empty_fleet_is_never_ready() -> None:
-    """Found in review: Same ACL, no base yet (a fresh environment): /readyz fails 30 s after start
+def test_with_the_probe_denied_an_empty_fleet_is_ready() -> None:
+    """Same ACL, no base yet (a fresh environment): /readyz fails 30 s after start
     and stays failed, though the broker delivers everything it is allowed to."""
     clock = Clock()
     settings = Settings()
@@ -267,8 +267,8 @@ def test_a_suspect_broker_pauses_liveness_and_fails_readyz_then_recovers() -> No
 # --- settings -------------------------------------------------------------------------------
 
 
-def test_a_suspect_bound_past_the_not_ready_time_is_accepted() -> None:
-    """Found in review (configuration): BROKER_SUSPECT_SECONDS >= BASE_NOT_READY_SECONDS is accepted,
+def test_a_suspect_bound_past_the_not_ready_time_is_refused() -> None:
+    """BROKER_SUSPECT_SECONDS >= BASE_NOT_READY_SECONDS is accepted,
     and then a frozen broker makes every node NotReady before it is suspected."""
     try:
         Settings(broker_suspect_seconds=30, base_not_ready_seconds=25)
@@ -281,7 +281,7 @@ def test_a_suspect_bound_past_the_not_ready_time_is_accepted() -> None:
 
 
 def test_adopted_memory_survives_the_api_servers_canonical_quantities() -> None:
-    """Found in review: The API server re-emits quantities in canonical form: the "524288Ki" the
+    """The API server re-emits quantities in canonical form: the "524288Ki" the
     operator wrote comes back as "512Mi" (and 1Gi, 256Mi... for any round metaspace).
     memory_of only reads "<n>Ki", so after a restart the node flaps to NODE_MEMORY (1Ti)
     and back when the base reports - the flap this change meant to remove."""
@@ -309,8 +309,8 @@ class RecordingSync:
         self.writes.append(module_pod.name)
 
 
-def test_base_gone_marks_the_pods_of_a_base_that_came_back() -> None:
-    """Found in review: _retire_node is a spawned task: the tunnel's loop may process the base's next
+def test_base_gone_leaves_the_pods_of_a_base_that_came_back() -> None:
+    """_retire_node is a spawned task: the tunnel's loop may process the base's next
     heartbeat before it runs (a base silent just past the dead time, e.g. a long GC). The
     base is then known again and its node is kept, but base_gone still writes every Ready
     pod on it NotReady ("the base ... is gone"), on a live base, until some later plan."""
