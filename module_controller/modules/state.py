@@ -54,11 +54,23 @@ class ModulePod:
         return f"{self.namespace}/{self.name}"
 
     @property
-    def age(self) -> tuple[str, float, str]:
+    def age(self) -> tuple[str, float, int, str]:
         """Sorts pods oldest first. creationTimestamp counts whole seconds: a Deployment
         makes the new pod in the second it deletes the old one, so the order in which we
-        saw them decides a tie."""
-        return (self.created, self.seen, self.name)
+        saw them decides a tie. After an operator restart every pod is seen at once: then
+        a pod that shows it lost to a newer one is the older, so the restart keeps which
+        pod serves; only then does the name decide."""
+        return (self.created, self.seen, 0 if self.shows_outdone else 1, self.name)
+
+    @property
+    def shows_outdone(self) -> bool:
+        """Its status says a newer pod's version or jar took its module's place."""
+        return any(
+            c.get("type") == "Ready"
+            and c.get("status") == "False"
+            and c.get("reason") in (reasons.SUPERSEDED, reasons.REPLACED)
+            for c in self.status.get("conditions") or []
+        )
 
     @property
     def observed_ready(self) -> bool:
@@ -127,6 +139,9 @@ class InstallFailure:
     # The pods that wanted the module when it failed (filled in by the planner); a pod not
     # among them is a new spec, which starts over.
     pods: frozenset[str] | None = None
+    # It went BROKEN on the base (rather than an install being answered with a failure):
+    # it stands only as long as the base lists the BROKEN module.
+    broken: bool = False
 
     def due(self, first: float, longest: float) -> float:
         """When the next try may go: `first` seconds, doubling per failure, at most `longest`."""
@@ -164,6 +179,8 @@ class BaseModules:
     # Modules our own install put on the base under another name:version than asked (the
     # jar's manifest wins): declared key -> asked key. Uninstalled unless a pod wants them.
     strays: dict[str, str] = field(default_factory=dict)
+    # Installs in flight for modules no pod wants any more: key -> when sent (planner).
+    abandoned: dict[str, float] = field(default_factory=dict)
 
 
 _SETTING_UP = frozenset({BizState.UNRESOLVED, BizState.RESOLVED})
@@ -243,10 +260,16 @@ class ModuleState:
         for key in list(base.uninstalling):
             if key not in base.inventory:
                 del base.uninstalling[key]
-        for key in list(base.failures):
+        for key, failure in list(base.failures.items()):
             installed = base.inventory.get(key)
             if installed is not None and installed.state is not BizState.BROKEN:
                 del base.failures[key]  # it is there after all (a retry, or a slow reply)
+            elif installed is None and failure.broken:
+                # Nothing BROKEN is there any more (the base restarted, or someone removed
+                # it): it is installed again. A jar's wrong name:version stays a failure.
+                del base.failures[key]
+        for key in [k for k in base.strays if k not in base.inventory]:
+            del base.strays[key]  # gone without us (a restart): nothing left to clean up
         # Bookkeeping of modules that are gone and not on their way in.
         for key in [k for k in base.urls if k not in base.inventory and k not in base.installing]:
             del base.urls[key]
@@ -277,14 +300,23 @@ class ModuleState:
         data = response.data
         code = data.code if data is not None else response.code
         ok = response.ok and (data is None or data.ok)
-        if ok or code == ClientResponseCode.NOT_FOUND_BIZ:
+        # Only an uninstall we still wait for takes a module out: MQTT delivers at least
+        # once, and a late copy must not take down the module installed again since.
+        awaited = key in base.uninstalling
+        if awaited and (ok or code == ClientResponseCode.NOT_FOUND_BIZ):
             base.uninstalling.pop(key, None)
             base.strays.pop(key, None)
             if base.inventory is not None:
                 base.inventory.pop(key, None)
         if ok:
+            gone = base.inventory is None or key not in base.inventory
             return OperationOutcome(
-                key, False, True, "ModuleUninstalled", f"{key} uninstalled from base {identity}"
+                key,
+                False,
+                True,
+                "ModuleUninstalled",
+                f"{key} uninstalled from base {identity}",
+                report=awaited or gone,  # not a stale copy's word over what the base lists
             )
         return OperationOutcome(
             key,
@@ -340,6 +372,7 @@ class ModuleState:
             base.installing[key] = now  # an install of it still runs on the base: wait for it
             return OperationOutcome(key, True, False, "", "", report=False)
         base.installing.pop(key, None)
+        base.abandoned.pop(key, None)  # it put nothing on the base
         whole = "\n".join(filter(None, (response.message, data.message if data else None)))
         if web_context_conflict(whole):
             reason, message = reasons.WEB_CONTEXT_IN_USE, web_context_message(key, whole)

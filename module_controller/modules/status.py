@@ -203,10 +203,15 @@ def desired_status(
 
 
 def invalid_status(pod: ModulePod, base_ip: str, now: datetime.datetime) -> dict[str, Any]:
-    """A pod whose containers cannot be modules: Pending, saying what is wrong."""
+    """A pod whose containers cannot be modules: Pending, saying what is wrong.
+
+    A pod that was serving (its image changed in place to something that is no jar) keeps
+    the containers it shows, none of them ready: a patch leaves an absent containerStatuses
+    alone, and kubectl would go on showing them ready.
+    """
     stamp = _iso(now)
     message = "; ".join(pod.wants.problems)
-    return {
+    status: dict[str, Any] = {
         "phase": "Pending",
         "conditions": [
             _condition(pod, "Initialized", True, "ModulePod", "", stamp),
@@ -216,6 +221,10 @@ def invalid_status(pod: ModulePod, base_ip: str, now: datetime.datetime) -> dict
         **_addresses(base_ip),
         "startTime": str(normal_stamp(pod.status.get("startTime")) or stamp),
     }
+    containers = pod.status.get("containerStatuses")
+    if containers:
+        status["containerStatuses"] = [{**c, "ready": False} for c in containers]
+    return status
 
 
 def not_ready_status(

@@ -180,3 +180,24 @@ def test_a_pod_keeps_the_time_it_was_first_seen() -> None:
     state.upsert_pod(body, now=5.0)
     state.upsert_pod({**body, "metadata": {**body["metadata"], "resourceVersion": "2"}}, now=9.0)
     assert state.pods["u"].seen == 5.0
+
+
+def test_a_deleted_pod_superseded_on_its_base_is_not_held_for_a_replacement() -> None:
+    """A rollout to a new version: the old version's pod, superseded here, is scaled away
+    by its controller, which makes no replacement; holding its module would only delay the
+    pod's removal (and the rollout) by the grace."""
+    base = BaseModules(inventory=inventory(("biz1:1", ACTIVE), ("biz1:2", ACTIVE)))
+    serving = pod("new", [("biz1", "2")], NEWER, ready=True, owned=True)
+    leaving = pod("old", [("biz1", "1")], deleting=True, deletion_seen_at=0.0, owned=True)
+    plan = plan_base([leaving, serving], base, context(now=0.5))
+    assert [b.key for b in plan.uninstalls] == ["biz1:1"]
+    assert plan.wake_at is None or plan.wake_at > REPLACEMENT_GRACE_SECONDS
+
+
+def test_a_deleted_pod_next_to_a_newer_version_that_cannot_serve_is_held() -> None:
+    """Superseded means a newer version serves here; one still installing does not count."""
+    base = BaseModules(inventory=inventory(("biz1:1", ACTIVE)))
+    coming = pod("new", [("biz1", "2")], NEWER, owned=True)
+    leaving = pod("old", [("biz1", "1")], deleting=True, deletion_seen_at=0.0, owned=True)
+    plan = plan_base([leaving, coming], base, context(now=0.5))
+    assert plan.uninstalls == []
