@@ -190,33 +190,36 @@ class ModuleController:
         record = self.registry.bases.get(event.identity)
         if record is not None and (first_time or changed):
             if self.modules.bases[event.identity].inventory is None:
-                self._spawn_once(self._query_inventory(event.identity), "inventory")
+                self._spawn_once(self.module_sync.query_inventory(event.identity), "inventory")
             self.module_sync.base_changed(event.identity)
 
     def _nodes_changed(self, names: list[str]) -> None:
         """Resync nodes, say what happened to them, forget the modules of bases gone."""
         for name in names:
+            record = self.registry.base_of_node(name)
             departure = self.registry.departures.pop(name, None)
-            if departure is not None and self.registry.base_of_node(name) is None:
+            if record is None and departure is not None:
                 self._spawn_once(self._retire_node(name, departure), f"retire-{name}")
             else:
                 self.nodes.resync([name])
-        for name in names:
-            record = self.registry.base_of_node(name)
-            applied = self.nodes.existing.get(name)
-            uid = applied.uid if applied is not None else ""
-            node = ObjectRef(kind="Node", name=name, namespace=None, uid=uid)
+            node = self._node_ref(name)
             if record is None:
-                self.events.record(node, "Normal", "BaseGone", f"the base of {name} is gone")
+                gone = departure or f"the base of {name} is gone"
+                self.events.record(node, "Normal", "BaseGone", gone)
                 for identity in list(self.modules.bases):
                     if identity not in self.registry.bases:
                         self.modules.forget_base(identity)
             elif not record.ready:
                 self.events.record(node, "Warning", "BaseNotReady", str(record.not_ready_reason))
-            elif applied is None:
+            elif name not in self.nodes.existing:
                 self.events.record(
                     node, "Normal", "BaseOnline", f"base {record.identity} is online at {record.ip}"
                 )
+
+    def _node_ref(self, name: str) -> ObjectRef:
+        applied = self.nodes.existing.get(name)
+        uid = applied.uid if applied is not None else ""
+        return ObjectRef(kind="Node", name=name, namespace=None, uid=uid)
 
     async def _retire_node(self, name: str, reason: str) -> None:
         """A base is gone: its pods say so first, then its node goes (we are its kubelet)."""
@@ -229,9 +232,6 @@ class ModuleController:
         """Events about module pods, from the module planner."""
         ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
         self.events.record(ref, type, reason, message)
-
-    async def _query_inventory(self, identity: str) -> None:
-        await self.module_sync.query_inventory(identity)
 
     async def _poll_inventories(self) -> None:
         if self.tunnel.connected.is_set():
@@ -345,15 +345,8 @@ class ModuleController:
             detail,
         )
         for record in self.registry.live_bases():
-            applied = self.nodes.existing.get(record.node_name)
-            node = ObjectRef(
-                kind="Node",
-                name=record.node_name,
-                namespace=None,
-                uid=applied.uid if applied is not None else "",
-            )
             self.events.record(
-                node,
+                self._node_ref(record.node_name),
                 "Warning",
                 "BrokerSuspect",
                 "the MQTT broker delivers nothing (not even the operator's own probe): base "

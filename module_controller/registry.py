@@ -78,10 +78,11 @@ class BaseRegistry:
     broker_delivering: bool = True
     # Why each node removed since the caller last asked went (node name -> sentence).
     departures: dict[str, str] = field(default_factory=dict)
-    _paused_since: float | None = None
+    # Paused from the start: nothing is judged before the broker is connected and delivers.
+    _paused_since: float | None = field(init=False)
     _by_node: dict[str, str] = field(default_factory=dict)
     _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
-    _mass_silence: MassSilence | None = None
+    _mass_silence: MassSilence = field(init=False)
 
     def __post_init__(self) -> None:
         self._paused_since = self.clock()
@@ -94,7 +95,7 @@ class BaseRegistry:
     @property
     def mass_silence(self) -> bool:
         """Whether a mass silence holds node deletions back now."""
-        return self._mass_silence is not None and self._mass_silence.active
+        return self._mass_silence.active
 
     def base_of_node(self, node_name: str) -> BaseRecord | None:
         identity = self._by_node.get(node_name)
@@ -236,8 +237,8 @@ class BaseRegistry:
                 record.last_seen = min(now, record.last_seen + paused)
         if self.bases:
             log.info(
-                "Base liveness resumes after %.0fs without a trusted broker: every base gets "
-                "a fresh grace period.",
+                "Base liveness resumes after %.0fs without a trusted broker: every Ready base "
+                "gets a fresh grace period, silent ones keep their stopped clocks.",
                 paused,
             )
 
@@ -275,11 +276,10 @@ class BaseRegistry:
             return []
         now = self.clock()
         not_ready_after = self.settings.base_not_ready_seconds
-        silent_since = [
+        silent_last_seen = [
             r.last_seen for r in self.bases.values() if now - r.last_seen >= not_ready_after
         ]
-        assert self._mass_silence is not None
-        hold = self._mass_silence.holds_deletions(silent_since, len(self.bases), now)
+        hold = self._mass_silence.holds_deletions(silent_last_seen, len(self.bases), now)
         if self._mass_silence.ended_by_recovery:
             # Bases come back over one heartbeat period: the ones not heard yet keep their
             # nodes (NotReady) for one more dead-time window instead of going this tick.
