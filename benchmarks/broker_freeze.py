@@ -17,19 +17,15 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from kubernetes_asyncio import client, config
 
-from module_controller.simulator.config import BaseConfig, MqttSettings
-from module_controller.simulator.fleet import Fleet
+from benchmarks.harness import mqtt_fleet, start_operator, wait
 from module_controller.testbed import testbed
 from module_controller.testbed.process import free_port
 from tests.e2e.modules_support import deployment
@@ -48,14 +44,6 @@ def readyz(port: int) -> tuple[int, str]:
         return 0, str(error)
 
 
-async def wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout:.0f}s")
-        await asyncio.sleep(0.5)
-
-
 async def main(bases_count: int, freezes: list[float]) -> None:
     logging.basicConfig(level=logging.WARNING)
     # The bases complain loudly while the broker is frozen; that is the point, not news.
@@ -63,35 +51,10 @@ async def main(bases_count: int, freezes: list[float]) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="broker-freeze-"))
     state = testbed.up(state_dir)
     assert state.kubeconfig and state.broker
-    broker = state.broker
     (mosquitto_pid,) = [p.pid for p in state.processes if p.name == "mosquitto"]
     health_port = free_port()
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "module_controller.cli", "run"],
-        env={
-            **os.environ,
-            "KUBECONFIG": state.kubeconfig,
-            "ENV": ENV,
-            "MQTT_BROKER": broker.host,
-            "MQTT_PORT": str(broker.port),
-            "MQTT_USERNAME": broker.username,
-            "MQTT_PASSWORD": broker.password,
-            "METRICS_PORT": "0",
-            "HEALTH_PORT": str(health_port),
-        },
-        stdout=(state_dir / "operator.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    fleet = Fleet(
-        BaseConfig(
-            name="base",
-            version="1.1.1",
-            env=ENV,
-            http_api=False,
-            mqtt=MqttSettings(broker.host, broker.port, broker.username, broker.password),
-        ),
-        first_ip="127.0.50.1",
-    )
+    operator = start_operator(state, ENV, state_dir / "operator.log", HEALTH_PORT=str(health_port))
+    fleet = mqtt_fleet(state, ENV, first_ip="127.0.50.1")
     api = await config.new_client_from_config(config_file=state.kubeconfig)
     core = client.CoreV1Api(api)
     apps = client.AppsV1Api(api)

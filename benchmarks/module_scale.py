@@ -21,19 +21,14 @@ import argparse
 import asyncio
 import copy
 import logging
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from kubernetes_asyncio import client, config, watch
 
-from module_controller.simulator.config import BaseConfig, MqttSettings
-from module_controller.simulator.fleet import Fleet
+from benchmarks.harness import mqtt_fleet, start_operator, wait
 from module_controller.testbed import testbed
 from tests.e2e.modules_support import deployment, set_modules
 
@@ -90,48 +85,13 @@ class PodWatch:
                         self.ready[name] = now
 
 
-async def wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout:.0f}s")
-        await asyncio.sleep(0.5)
-
-
 async def main(bases_count: int, deployments: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     state_dir = Path(tempfile.mkdtemp(prefix="module-bench-"))
     state = testbed.up(state_dir)
     assert state.kubeconfig and state.broker
-    broker = state.broker
-    log = state_dir / "operator.log"
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "module_controller.cli", "run"],
-        env={
-            **os.environ,
-            "KUBECONFIG": state.kubeconfig,
-            "ENV": ENV,
-            "MQTT_BROKER": broker.host,
-            "MQTT_PORT": str(broker.port),
-            "MQTT_USERNAME": broker.username,
-            "MQTT_PASSWORD": broker.password,
-            "METRICS_PORT": "0",
-            "HEALTH_PORT": "0",
-            "LOG_LEVEL": "WARNING",
-        },
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    fleet = Fleet(
-        BaseConfig(
-            name="base",
-            version="1.1.1",
-            env=ENV,
-            http_api=False,
-            mqtt=MqttSettings(broker.host, broker.port, broker.username, broker.password),
-        ),
-        first_ip="127.0.40.1",
-    )
+    operator = start_operator(state, ENV, state_dir / "operator.log", LOG_LEVEL="WARNING")
+    fleet = mqtt_fleet(state, ENV, first_ip="127.0.40.1")
     api = await config.new_client_from_config(config_file=state.kubeconfig)
     core = client.CoreV1Api(api)
     apps = client.AppsV1Api(api)

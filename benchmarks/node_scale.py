@@ -31,7 +31,6 @@ import signal
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -44,6 +43,7 @@ import yaml
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from benchmarks import harness
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
 from module_controller.testbed import testbed
@@ -243,28 +243,15 @@ class NodeWatch:
 
 
 def start_operator(state: testbed.TestbedState, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    assert state.kubeconfig is not None and state.broker is not None
     health_port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": state.kubeconfig,
-        "ENV": ENV,
-        "MQTT_BROKER": state.broker.host,
-        "MQTT_PORT": str(state.broker.port),
-        "MQTT_USERNAME": state.broker.username,
-        "MQTT_PASSWORD": state.broker.password,
-        "CLIENT_ID": "node-scale-benchmark",
-        "METRICS_PORT": str(free_port()),
-        "HEALTH_PORT": str(health_port),
-    }
-    with log.open("ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "module_controller.cli", "run"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    child = harness.start_operator(
+        state,
+        ENV,
+        log,
+        CLIENT_ID="node-scale-benchmark",
+        METRICS_PORT=str(free_port()),
+        HEALTH_PORT=str(health_port),
+    )
     return child, health_port
 
 
