@@ -105,9 +105,14 @@ def memory_of(node: dict[str, Any], settings: Settings) -> tuple[int, int] | Non
     return in_bytes, allocatable if allocatable is not None else in_bytes
 
 
+def env_node_selector(env: str) -> str:
+    """Label selector of the virtual nodes of one env."""
+    return f"{COMPONENT_LABEL}=vnode,{ENV_LABEL}={env}"
+
+
 def node_selector(settings: Settings) -> str:
     """Label selector of the nodes this operator owns (its env only)."""
-    return f"{COMPONENT_LABEL}=vnode,{ENV_LABEL}={settings.env}"
+    return env_node_selector(settings.env)
 
 
 def node_labels(node_name: str, status: BaseStatus, settings: Settings) -> dict[str, str]:
