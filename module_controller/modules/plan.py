@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from module_controller.k8s_events import EventType
 from module_controller.modules.spec import ModuleSpec
 from module_controller.modules.state import ModulePod
 from module_controller.protocol import BizModel
 from module_controller.settings import Settings
-
-EventType = Literal["Normal", "Warning"]
 
 StatusWrite = tuple[ModulePod, dict[str, Any]]
 

@@ -1,12 +1,15 @@
 """What to do on one base, now: installs, uninstalls, pod deletions, ordered status writes.
 
-A pure function of the base's pods, its reported modules and the clock, so every rule of
-the user contract is a unit test away. It keeps its bookkeeping in BaseModules, and
-changes only that: commands it sends (`installing`, `uninstalling`, `urls`), installs
-whose pod left while they were in flight (`abandoned`), install failures it starts over or
-forgets (`failures`), orphans and strays it times or clears (`orphan_since`, `strays`),
-Events it reports once (`reported`), the jar URL it adopts for a module found on the base
-(`urls`), and `previously_wanted`.
+`plan_base` decides from the base's pods, its reported modules and the clock, with no I/O,
+so every rule of the user contract is a unit test away. The planner decides the order and
+modules/sync.py carries it out, patch by patch, each awaited before the next: first the
+writes that take pods out of Ready (`going_down`), then the uninstalls and installs, then
+the other writes (`status_writes`) — the NotReady-before-Ready rule: the API server sees an
+old pod go NotReady before its module is uninstalled and before a new pod goes Ready.
+
+It is not pure: it writes the base's bookkeeping (BaseModules, see `plan_base`), because
+a plan is carried out once it is made. It never changes the pods it is given (ModulePod
+objects and their status dicts are only read; the statuses in a plan are new dicts).
 
 - a module is keyed by name:version per base; pods wanting the same module share one
   install (and are told so by a SharedModuleInstance Event), and it is uninstalled only
@@ -38,14 +41,9 @@ Events it reports once (`reported`), the jar URL it adopts for a module found on
 
 from __future__ import annotations
 
+from module_controller.k8s_events import EventType
 from module_controller.modules import reasons
-from module_controller.modules.plan import (
-    EventType,
-    Plan,
-    PlanContext,
-    PodEvent,
-    StatusWrite,
-)
+from module_controller.modules.plan import Plan, PlanContext, PodEvent, StatusWrite
 from module_controller.modules.replacement import Intent, intent_of
 from module_controller.modules.serving import (
     Serving,
@@ -84,22 +82,41 @@ def _uninstall_due(entry: Uninstall | None, settings: Settings) -> float:
 
 
 def plan_base(pods: list[ModulePod], base: BaseModules, context: PlanContext) -> Plan:
+    """The plan for one base, given all its module pods (live and terminating).
+
+    The sync carries out every plan it gets, so what is decided is recorded as done: call
+    it from the base's one worker, and carry the plan out (a plan dropped loses its
+    commands until they time out, and its Events for good). It writes into `base`:
+
+    - `installing` / `uninstalling`: the commands it plans, as sent now (with `urls`, the
+      jar of each install), so the next plan does not send them again before they time
+      out or are answered;
+    - `abandoned`: installs in flight whose module no pod wants any more (and back);
+    - `failures`: forgotten when no pod wants the module or its pods' spec changed,
+      recorded for a module the base lists BROKEN, and which pods wanted it;
+    - `orphan_since` / `strays`: when a module no pod wants was first seen, cleared when a
+      pod wants it;
+    - `urls`: the jar adopted for a module found on the base (replacement.intent_of);
+    - `reported`: the Events it plans, so each is planned once; pods not among `pods` are
+      forgotten there;
+    - `previously_wanted`: the modules wanted now, to tell next time what pods let go of.
+
+    `base.inventory` is only read: ModuleState changes it, from what the base says.
+    """
     settings = context.settings
     now = context.now
     plan = Plan()
     live = sorted((p for p in pods if not p.deleting), key=lambda p: p.age)
     terminating = [p for p in pods if p.deleting]
     served = [p for p in live if p.wants.valid]
-    uids = {p.uid for p in pods}
-    base.reported = {entry for entry in base.reported if entry[0] in uids}
+    base.keep_reports_of({p.uid for p in pods})
     inventory = base.inventory
     intent = intent_of(served, base, inventory or {})
 
     for pod in live:
         if not pod.wants.valid:
             cause = bounded("; ".join(pod.wants.problems))
-            if (pod.uid, cause) not in base.reported:
-                base.reported.add((pod.uid, cause))
+            if base.report(pod.uid, "invalid", cause):
                 plan.events.append(PodEvent(pod, "Warning", reasons.INVALID, cause))
 
     contenders = [p for p in served if p.uid not in intent.displaced]

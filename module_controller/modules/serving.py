@@ -1,6 +1,7 @@
 """Which pod serves each module on a base, and the status every pod there should show.
 
-Part of the planner (pure, like it): the lossless update's rule lives here. For each module
+Part of the planner, and like it free of I/O; of the base's bookkeeping it writes only
+`reported` (the Events it plans). The lossless update's rule lives here: for each module
 name the serving version is the one of the newest pod that can go Ready, i.e. whose every
 module is its own and ACTIVATED; pods of other versions go NotReady, and every write that
 takes a pod out of Ready is in `going_down`, carried out before anything else.
@@ -145,12 +146,14 @@ def _pod_events(
     """Once per pod and cause: a BROKEN module, a module instance shared with another pod."""
     for view in views:
         installed = view.installed
-        if installed is not None and installed.state is BizState.BROKEN:
-            cause = f"broken {view.spec.key} {installed.change_time_ms}"
-            if (pod.uid, cause) not in base.reported:
-                base.reported.add((pod.uid, cause))
-                reason, message = broken_cause(installed)
-                plan.events.append(PodEvent(pod, "Warning", reason, message))
+        # Once per state record: the module going BROKEN again is news.
+        if (
+            installed is not None
+            and installed.state is BizState.BROKEN
+            and base.report(pod.uid, f"broken {view.spec.key}", str(installed.change_time_ms))
+        ):
+            reason, message = broken_cause(installed)
+            plan.events.append(PodEvent(pod, "Warning", reason, message))
         if installed is None or installed.state is not BizState.ACTIVATED:
             continue
         if pod.observed_ready:
@@ -162,9 +165,7 @@ def _pod_events(
         ]
         if len(sharing) < 2 or sharing[0].uid == pod.uid:
             continue  # the oldest pod is not told: the newer one joined it
-        cause = f"shared {view.spec.key}"
-        if (pod.uid, cause) not in base.reported:
-            base.reported.add((pod.uid, cause))
+        if base.report(pod.uid, f"shared {view.spec.key}", ""):
             plan.events.append(
                 PodEvent(
                     pod,

@@ -19,6 +19,7 @@ from module_controller.modules.replies import (
     web_context_message,
 )
 from module_controller.modules.spec import UPGRADE_ANNOTATION, PodModules, pod_modules
+from module_controller.modules.status import is_ready, ready_condition
 from module_controller.modules.text import bounded
 from module_controller.protocol import (
     BatchInstallBizResponse,
@@ -65,19 +66,17 @@ class ModulePod:
     @property
     def shows_outdone(self) -> bool:
         """Its status says a newer pod's version or jar took its module's place."""
-        return any(
-            c.get("type") == "Ready"
-            and c.get("status") == "False"
-            and c.get("reason") in (reasons.SUPERSEDED, reasons.REPLACED)
-            for c in self.status.get("conditions") or []
+        ready = ready_condition(self.status)
+        return (
+            ready is not None
+            and ready.get("status") == "False"
+            and ready.get("reason") in (reasons.SUPERSEDED, reasons.REPLACED)
         )
 
     @property
     def observed_ready(self) -> bool:
-        return any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in self.status.get("conditions") or []
-        )
+        """Its status, as last seen, says Ready."""
+        return is_ready(self.status)
 
 
 def module_pod_of(body: dict[str, Any]) -> ModulePod:
@@ -172,8 +171,10 @@ class BaseModules:
     # The jar URL each module was installed from by this operator (a pod's image can
     # change in place while its version cannot: same key, new jar).
     urls: dict[str, str] = field(default_factory=dict)
-    # Problems already reported as Events, so each is reported once per pod and cause.
-    reported: set[tuple[str, str]] = field(default_factory=set)
+    # What was last reported as an Event, per pod and topic: (pod uid, topic) -> cause (see
+    # `report`). One cause per topic, so a pod whose module goes BROKEN again and again
+    # does not grow it; the planner drops the pods no longer on the base (`keep_reports_of`).
+    reported: dict[tuple[str, str], str] = field(default_factory=dict)
     # Installs that failed, by module key: backoff and what the pods say.
     failures: dict[str, InstallFailure] = field(default_factory=dict)
     # Modules our own install put on the base under another name:version than asked (the
@@ -181,6 +182,19 @@ class BaseModules:
     strays: dict[str, str] = field(default_factory=dict)
     # Installs in flight for modules no pod wants any more: key -> when sent (planner).
     abandoned: dict[str, float] = field(default_factory=dict)
+
+    def report(self, uid: str, topic: str, cause: str) -> bool:
+        """Whether `cause` is news about `topic` for the pod: an Event is due. Remembered,
+        so that it is reported once (e.g. topic "broken biz1:1", cause its state record)."""
+        if self.reported.get((uid, topic)) == cause:
+            return False
+        self.reported[(uid, topic)] = cause
+        return True
+
+    def keep_reports_of(self, uids: set[str]) -> None:
+        """Forget what was reported about pods that are not on the base any more."""
+        for entry in [entry for entry in self.reported if entry[0] not in uids]:
+            del self.reported[entry]
 
 
 _SETTING_UP = frozenset({BizState.UNRESOLVED, BizState.RESOLVED})
@@ -211,14 +225,28 @@ def _resource_version_newer(new: str, old: str) -> bool:
 
 @dataclass
 class ModuleState:
-    """All module pods (by uid) and all bases' modules (by base identity)."""
+    """All module pods (by uid) and all bases' modules (by base identity).
 
-    pods: dict[str, ModulePod] = field(default_factory=dict)
-    bases: dict[str, BaseModules] = field(default_factory=lambda: defaultdict(BaseModules))
+    `pods` is read by anyone but written only by `add_pod` / `upsert_pod` / `remove_pod`,
+    which keep the index by node that `pods_on` answers from.
+    """
+
+    # Not an argument: a pod goes in through add_pod, which indexes it.
+    pods: dict[str, ModulePod] = field(default_factory=dict, init=False)
+    base_modules: dict[str, BaseModules] = field(default_factory=lambda: defaultdict(BaseModules))
     listed: bool = False  # every module pod has been listed since start
+    # node name -> uids of the module pods on it: every sync of a base asks for its pods,
+    # and a scan of every module pod on every sync grows with the fleet.
+    _on_node: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+    # uid -> its place in `pods` (a count of pods added): pods_on answers in that order,
+    # as a scan of `pods` does (the planner keeps the order of terminating pods).
+    _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _added: int = field(default=0, init=False, repr=False)
 
     def pods_on(self, node_name: str) -> list[ModulePod]:
-        return [pod for pod in self.pods.values() if pod.node_name == node_name]
+        """The module pods on a node, in the order of `pods`."""
+        uids = sorted(self._on_node.get(node_name, ()), key=self._order.__getitem__)
+        return [self.pods[uid] for uid in uids]
 
     def upsert_pod(self, body: dict[str, Any], now: float) -> set[str]:
         """Record a pod; returns the node names whose plans may have changed."""
@@ -231,12 +259,39 @@ class ModuleState:
         pod.seen = old.seen if old is not None else now
         if pod.deleting:
             pod.deletion_seen_at = old.deletion_seen_at if old and old.deletion_seen_at else now
-        self.pods[pod.uid] = pod
+        return self.add_pod(pod)
+
+    def add_pod(self, pod: ModulePod) -> set[str]:
+        """Hold `pod` in place of what was known of it (no checks: upsert_pod makes them;
+        tests build pods directly). Returns the node names whose plans may have changed."""
+        old = self.pods.get(pod.uid)
+        if old is None:
+            self._order[pod.uid] = self._added
+            self._added += 1
+        else:
+            self._unindex(old)  # its node may have changed
+        self.pods[pod.uid] = pod  # a known uid keeps its place in `pods`, as in `_order`
+        if pod.node_name:
+            self._on_node.setdefault(pod.node_name, set()).add(pod.uid)
         return {name for name in (pod.node_name, old.node_name if old else None) if name}
 
     def remove_pod(self, uid: str) -> set[str]:
         pod = self.pods.pop(uid, None)
-        return {pod.node_name} if pod is not None and pod.node_name else set()
+        if pod is None:
+            return set()
+        del self._order[uid]
+        self._unindex(pod)
+        return {pod.node_name} if pod.node_name else set()
+
+    def _unindex(self, pod: ModulePod) -> None:
+        if not pod.node_name:
+            return
+        uids = self._on_node.get(pod.node_name)
+        if uids is None:
+            return
+        uids.discard(pod.uid)
+        if not uids:
+            del self._on_node[pod.node_name]  # no empty set per node that ever had a pod
 
     def record_written_status(self, uid: str, body: dict[str, Any]) -> None:
         """What the API server answered to our status patch is the freshest truth."""
@@ -250,7 +305,7 @@ class ModuleState:
             pod.resource_version = version
 
     def set_inventory(self, identity: str, modules: tuple[SimpleBizInfo, ...]) -> None:
-        base = self.bases[identity]
+        base = self.base_modules[identity]
         base.inventory = {info.key: _installed_of(info) for info in modules}
         for key in list(base.installing):
             installed = base.inventory.get(key)
@@ -291,7 +346,7 @@ class ModuleState:
         if not result.biz_name or not result.biz_version:
             return None
         key = biz_key(result.biz_name, result.biz_version)
-        base = self.bases[identity]
+        base = self.base_modules[identity]
         if result.command == "installBiz":
             return self._install_answered(identity, base, key, result, now)
         if result.command != "uninstallBiz":
@@ -409,7 +464,7 @@ class ModuleState:
 
     def apply_batch(self, identity: str, result: BatchInstallBizResponse) -> None:
         """A base installed its baseline: what it reports joins the inventory."""
-        base = self.bases[identity]
+        base = self.base_modules[identity]
         data = result.response.data
         if base.inventory is None or data is None:
             return
@@ -422,4 +477,6 @@ class ModuleState:
                     base.urls[info.key] = url  # the jar it came from
 
     def forget_base(self, identity: str) -> None:
-        self.bases.pop(identity, None)
+        """The base is gone: everything kept about its modules goes with it (its pods stay
+        until they are deleted: they are indexed by node, not by base)."""
+        self.base_modules.pop(identity, None)

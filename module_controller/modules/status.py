@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from module_controller.modules import reasons
 from module_controller.modules.spec import ModuleSpec
-from module_controller.modules.state import InstalledModule, ModulePod
 from module_controller.modules.text import bounded
 from module_controller.protocol.states import BizState
+
+if TYPE_CHECKING:
+    # Types only: state.py reads pods' Ready condition with the helpers below.
+    from module_controller.modules.state import InstalledModule, ModulePod
 
 # Kept for callers that name them here.
 SUPERSEDED_REASON = reasons.SUPERSEDED
@@ -312,11 +315,19 @@ def needs_write(observed: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return "containerStatuses" in wanted and _containers(observed) != _containers(wanted)
 
 
+def ready_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's Ready condition, or None while it has none.
+
+    The one place that reads it: a status patch merges conditions by type, so a pod has
+    one; the first is taken, as testbed/kube_reads.py does for what the client returns.
+    """
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
 def is_ready(status: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    """Whether the pod's Ready condition says True."""
+    ready = ready_condition(status)
+    return ready is not None and ready.get("status") == "True"
 
 
 def shows_ready(status: dict[str, Any]) -> bool:

@@ -61,7 +61,7 @@ def test_a_late_install_of_the_old_jar_does_not_make_the_pod_ready_on_it() -> No
     image becomes jar B. The resend with B answers with a lock conflict; then A's install
     finishes: the base holds biz1:1 from jar A, and the pod must not be Ready on it."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     old_url, new_url = jar("biz1", "1"), "file:///opt/rebuilt/biz1-1.jar"
     first = pod("a", [("biz1", "1")])
     assert [s.url for s in plan_base([first], base, context(0)).installs] == [old_url]
@@ -89,7 +89,7 @@ def test_a_duplicated_uninstall_reply_does_not_take_down_a_reinstalled_module() 
     the module was installed again (new jar, same version); the second copy does not drop
     it from the inventory (no NotReady flap, no install sent again)."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     new_url = "file:///opt/rebuilt/biz1-1.jar"
     state.set_inventory(BASE, simple(("biz1:1", ACTIVE)))
     base.urls["biz1:1"] = jar("biz1", "1")
@@ -140,7 +140,7 @@ def test_a_module_broken_before_its_base_restarted_is_installed_again() -> None:
     nothing BROKEN is there any more, so the module is installed again (the pod does not
     say BROKEN forever)."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     wanting = pod("a", [("biz1", "1")], ready=True)
     state.set_inventory(BASE, simple(("biz1:1", ACTIVE)))
     settle(plan_base([wanting], base, context(0)))
@@ -197,7 +197,7 @@ def test_a_pod_deleted_while_its_install_is_in_flight_leaves_nothing_on_the_base
     grace (or forever with UNINSTALL_ORPHANS=false). With no answer, the uninstall is sent
     again on its own backoff: the first one is what counts here."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     wanting = pod("a", [("biz1", "1")])
     assert plan_base([wanting], base, context(0)).installs
     leaving = pod("a", [("biz1", "1")], deleting=True, deletion_seen_at=1.0)
@@ -221,7 +221,7 @@ def test_per_base_bookkeeping_does_not_grow_over_many_rollouts() -> None:
     failed (nothing listed); the pod is replaced by biz1:N+1. `installing` and `urls` do not
     keep an entry per version that no pod wants."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     now = 0.0
     for version in range(1, 51):
         wanting = pod(f"p{version}", [("biz1", str(version))])
@@ -240,7 +240,7 @@ def test_a_stray_forgotten_by_a_restarted_base_is_not_kept_forever() -> None:
     stray entry goes with it, or later the same key (a baseline module the base reinstalls
     by itself) would be uninstalled at once, skipping the orphan grace meant for baselines."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     asking = pod("a", [("biz1", "0.0.3")])
     plan_base([asking], base, context(0))
     reply = install_reply("biz1", "0.0.3", biz_infos=[("biz1", "0.0.1", "ACTIVATED")])
@@ -254,7 +254,7 @@ def test_a_late_install_of_the_old_jar_is_replaced_by_the_pods_jar() -> None:
     """The sequence above, carried on: what landed under the key is uninstalled, then the
     pod's own jar is installed, and only then does the pod go Ready."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     new_url = "file:///opt/rebuilt/biz1-1.jar"
     plan_base([pod("a", [("biz1", "1")])], base, context(0))
     updated = pod("a", [("biz1", "1")], images={"biz1": new_url})
@@ -281,7 +281,7 @@ def test_an_install_in_flight_is_not_sent_again_for_a_pod_that_wants_it_next() -
     """The pod that asked leaves, another wants the same module: the install in flight is
     theirs again (no second install), and is sent again only past the install timeout."""
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     assert plan_base([pod("a", [("biz1", "1")])], base, context(0)).installs
     assert plan_base([], base, context(1)).installs == []
     assert base.abandoned == {"biz1:1": 0}
@@ -293,7 +293,7 @@ def test_an_install_in_flight_is_not_sent_again_for_a_pod_that_wants_it_next() -
 
 def test_an_abandoned_install_with_no_answer_is_forgotten_after_the_install_timeout() -> None:
     state = fresh()
-    base = state.bases[BASE]
+    base = state.base_modules[BASE]
     plan_base([pod("a", [("biz1", "1")])], base, context(0))
     plan_base([], base, context(1))
     assert "biz1:1" in base.abandoned
@@ -306,4 +306,4 @@ def test_a_stale_uninstall_reply_is_not_reported() -> None:
     state.set_inventory(BASE, simple(("biz1:1", ACTIVE)))
     outcome = state.apply_operation(BASE, install_reply("biz1", "1", command="uninstallBiz"), 0)
     assert outcome is not None and not outcome.report
-    assert "biz1:1" in (state.bases[BASE].inventory or {})
+    assert "biz1:1" in (state.base_modules[BASE].inventory or {})
