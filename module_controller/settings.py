@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         "Go controller's virtual-kubelet.koupleless.io/component.",
     )
 
+    event_queue_size: int = Field(
+        default=10_000,
+        ge=10,
+        description="Events (base messages, pod changes) that may wait for the dispatcher; "
+        "when full, the MQTT reader waits (a metric and a log line say so), nothing is lost.",
+    )
     inventory_poll_seconds: float = Field(
         default=15, gt=0, description="How often each base is asked for its full module list."
     )

@@ -1,10 +1,10 @@
-"""Stopping tasks that may not want to stop."""
+"""Starting short tasks and stopping tasks that may not want to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,3 +30,44 @@ async def cancel_and_wait(
     for task in pending:
         log.warning("Task %s did not stop after %d cancellations.", task.get_name(), rounds)
     return pending
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError when the current task is being cancelled.
+
+    A cancelled aiomqtt session can end in an MqttError instead of CancelledError: aiomqtt
+    waits up to its timeout for the broker to acknowledge a DISCONNECT while the
+    cancellation unwinds, and a timeout there raises MqttError. Taken for a lost
+    connection, it would be reconnected and the task would never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class BackgroundTasks:
+    """Short-lived tasks of one owner: a failure is logged, not fatal; `stop` ends them all."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: %s failed.", self._owner, name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(list(self._tasks))
+        self._tasks.clear()

@@ -36,8 +36,12 @@ class KeyedWorkQueue:
         self._again: set[str] = set()
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._stopped = False
 
     def add(self, key: str) -> None:
+        if self._stopped:
+            return  # a late timer or caller after stop(): nobody would process it
         if key in self._active:
             self._again.add(key)  # it changed while being processed: process it once more
             return
@@ -56,7 +60,15 @@ class KeyedWorkQueue:
                 asyncio.create_task(self._work(), name=f"{self._name}-worker-{number}")
             )
 
+    def __len__(self) -> int:
+        """Keys waiting or being processed."""
+        return len(self._pending | self._active)
+
     async def stop(self) -> None:
+        self._stopped = True
+        for handle in self._retries.values():
+            handle.cancel()  # a retry timer must not outlive the queue
+        self._retries.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -85,11 +97,25 @@ class KeyedWorkQueue:
                     delay,
                     error,
                 )
-                asyncio.get_running_loop().call_later(delay, self.add, key)
+                self._retry_later(key, delay)
             else:
                 self._failures.pop(key, None)
+                retry = self._retries.pop(key, None)
+                if retry is not None:
+                    retry.cancel()  # done meanwhile: the retry has nothing left to do
             finally:
                 self._active.discard(key)
                 if key in self._again:
                     self._again.discard(key)
                     self.add(key)
+
+    def _retry_later(self, key: str, delay: float) -> None:
+        """One retry timer per key: a later failure replaces the earlier timer."""
+        previous = self._retries.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self._retry, key)
+
+    def _retry(self, key: str) -> None:
+        self._retries.pop(key, None)
+        self.add(key)

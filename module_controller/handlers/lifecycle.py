@@ -1,4 +1,4 @@
-"""Operator start-up and shut-down: settings, the API client, the controller's tasks.
+"""Operator start-up and shut-down: settings, the API client, the runtime's tasks.
 
 A start that fails stops the operator, and `module-controller run` exits 1 with the cause
 on its last line, so that Kubernetes restarts the pod (with its back-off) and the cause
@@ -17,23 +17,19 @@ from typing import Any
 
 import aiohttp
 import kopf
-from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from module_controller.controller import ModuleController
 from module_controller.kube import new_api_client
 from module_controller.observability import server
 from module_controller.observability.api_probe import ApiProbe
 from module_controller.observability.metrics import Metrics
-from module_controller.observability.server import Readiness
+from module_controller.observability.server import HealthChecks
+from module_controller.operator_memo import OperatorMemo, operator_memo
+from module_controller.runtime import Runtime
 from module_controller.settings import SettingsError, load_settings
-from module_controller.vnodes import node_selector
+from module_controller.vnode_manifest import node_selector
 
 log = logging.getLogger(__name__)
-
-# What `module-controller run` reads in the memo after Kopf returns, to choose its exit code.
-STARTUP_FAILURE = "startup_failure"
-READINESS = "readiness"
 
 
 def describe_startup_error(error: BaseException) -> str:
@@ -49,26 +45,31 @@ def describe_startup_error(error: BaseException) -> str:
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    ours_memo = operator_memo(memo)
     try:
         ours = load_settings()
     except SettingsError as error:
-        raise _fail(memo, str(error)) from None
+        raise _fail(ours_memo, str(error)) from None
     # Server-side filter: the operator sees only its own nodes, not every node.
     settings.watching.label_selectors["v1", "nodes"] = node_selector(ours)
     settings.watching.label_selectors["v1", "pods"] = ours.module_selector
-    settings.posting.level = logging.INFO
+    # Nodes and pods are core, cluster-wide resources: nothing to discover, so no need
+    # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
+    settings.scanning.disabled = True
     metrics = Metrics()
-    readiness = Readiness(["kubernetes", "mqtt"])
-    memo[READINESS] = readiness
+    health = HealthChecks(["kubernetes", "mqtt"])
+    ours_memo.health = health
     try:
         http = await server.start(
-            metrics, readiness, metrics_port=ours.metrics_port, health_port=ours.health_port
+            metrics, health, metrics_port=ours.metrics_port, health_port=ours.health_port
         )
     except OSError as error:
         ports = f"{ours.metrics_port} and {ours.health_port}"
-        raise _fail(memo, f"cannot listen on ports {ports}: {error.strerror or error}") from None
-    memo["http"] = http
+        raise _fail(
+            ours_memo, f"cannot listen on ports {ports}: {error.strerror or error}"
+        ) from None
+    ours_memo.http = http
     log.info(
         "Serving /metrics on port %s and /healthz, /readyz on port %s.",
         http.ports.get("/metrics"),
@@ -76,19 +77,20 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     try:
         api = await new_api_client()
-        memo["api"] = api
-        controller = ModuleController(ours, api, metrics, readiness)
-        memo["controller"] = controller
-        await controller.start()
-        probe = ApiProbe(api, readiness)
-        memo["probe"] = probe
+        ours_memo.api = api
+        runtime = Runtime(ours, api, metrics, health, ours_memo.stop_flag)
+        ours_memo.runtime = runtime
+        await runtime.start()
+        probe = ApiProbe(api, health)
+        ours_memo.api_probe = probe
         probe.start()
     except BaseException as error:
-        await _undo(memo)
+        await _undo(ours_memo)
         if isinstance(error, Exception):
-            raise _fail(memo, f"start-up failed: {describe_startup_error(error)}") from error
+            reason = f"start-up failed: {describe_startup_error(error)}"
+            raise _fail(ours_memo, reason) from error
         raise  # cancelled: Kopf is stopping anyway
-    readiness.operator_started()
+    health.operator_started()
     log.info(
         "Module controller %s started for env %s (broker %s:%d).",
         ours.client_id,
@@ -99,33 +101,33 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 
 @kopf.on.cleanup()
-async def stop(memo: kopf.Memo, **_: Any) -> None:
-    readiness: Readiness | None = memo.get(READINESS)
-    if readiness is not None:
-        readiness.operator_stopped()
-    await _undo(memo)
+async def stop(memo: Any, **_: Any) -> None:
+    ours_memo = operator_memo(memo)
+    if ours_memo.health is not None:
+        ours_memo.health.operator_stopped()
+    await _undo(ours_memo)
 
 
-def _fail(memo: kopf.Memo, reason: str) -> kopf.PermanentError:
+def _fail(memo: OperatorMemo, reason: str) -> kopf.PermanentError:
     """The error that ends start-up for good; `run` prints `reason` and exits 1."""
-    memo[STARTUP_FAILURE] = reason
+    memo.startup_failure = reason
     return kopf.PermanentError(reason)
 
 
-async def _undo(memo: kopf.Memo) -> None:
+async def _undo(memo: OperatorMemo) -> None:
     """Stop whatever start-up got to start, newest first, each once; one failing to stop
     does not keep the others (the listeners above all) running."""
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-    probe: ApiProbe | None = memo.pop("probe", None)
+    probe, memo.api_probe = memo.api_probe, None
     if probe is not None:
         steps.append(("the API probe", probe.stop))
-    controller: ModuleController | None = memo.pop("controller", None)
-    if controller is not None:
-        steps.append(("the controller", controller.stop))
-    api: client.ApiClient | None = memo.pop("api", None)
+    runtime, memo.runtime = memo.runtime, None
+    if runtime is not None:
+        steps.append(("the runtime", runtime.stop))
+    api, memo.api = memo.api, None
     if api is not None:
         steps.append(("the API client", api.close))
-    http: server.ObservabilityServer | None = memo.pop("http", None)
+    http, memo.http = memo.http, None
     if http is not None:
         steps.append(("the HTTP listeners", lambda: server.stop(http)))
     for what, step in steps:

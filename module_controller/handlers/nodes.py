@@ -6,12 +6,13 @@ from typing import Any
 
 import kopf
 
-from module_controller.controller import ModuleController
-from module_controller.vnodes import COMPONENT_LABEL
+from module_controller.inbox import NodeDeleted
+from module_controller.operator_memo import operator_memo
+from module_controller.vnode_manifest import COMPONENT_LABEL
 
 
 @kopf.on.event("", "v1", "nodes", labels={COMPONENT_LABEL: "vnode"})
-async def node_event(type: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
-        controller: ModuleController = memo["controller"]
-        controller.node_deleted(name)
+async def node_event(type: str | None, name: str, memo: Any, **_: Any) -> None:
+    runtime = operator_memo(memo).runtime
+    if type == "DELETED" and runtime is not None:
+        await runtime.inbox.put(NodeDeleted(name))

@@ -1,7 +1,7 @@
 """Module pods, watched without writing onto them: an event handler, no finalizers.
 
 The watch is filtered on the server by the module label (set at start-up); the handler
-hands every event to the controller, which plans per base.
+puts every event in the runtime's inbox, where the dispatcher applies it.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from typing import Any
 
 import kopf
 
-from module_controller.controller import ModuleController
+from module_controller.inbox import ModulePodChanged
+from module_controller.operator_memo import operator_memo
 
 
 @kopf.on.event("", "v1", "pods")
-async def module_pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller: ModuleController = memo["controller"]
+async def module_pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = operator_memo(memo).runtime
+    if runtime is None:
+        return  # start-up failed; Kopf is stopping
     labels = body.get("metadata", {}).get("labels") or {}
-    if labels.get(controller.settings.module_label) != "module":
+    if labels.get(runtime.settings.module_label) != "module":
         return  # belt and braces: the server-side selector already filters
-    controller.module_pod_changed(type, dict(body))
+    await runtime.inbox.put(ModulePodChanged(type, dict(body)))

@@ -3,15 +3,45 @@
 A base asks for its baseline once at start and installs it by itself, so a restarted base
 has its modules back before the scheduler has even placed the replacement pods. A
 Deployment targets a base when its pod template is a module pod whose node selector and
-required node affinity would accept the base's node.
+required node affinity would accept the base's node. `baseline_for` decides (pure);
+`BaselineAnswers` answers the queries the dispatcher hands it, off the dispatcher's path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from kubernetes_asyncio import client
+
+from module_controller import naming
 from module_controller.modules.spec import pod_modules
-from module_controller.protocol import BizModel
+from module_controller.protocol import BaseStatus, BizModel
+from module_controller.settings import Settings
+from module_controller.tasks import BackgroundTasks
+from module_controller.tunnels.events import BaselineQuery
+from module_controller.vnode_manifest import node_labels
+
+log = logging.getLogger(__name__)
+
+# Answers being worked on at once. A fleet starting together asks hundreds of times in a
+# second; the answers share Deployment lists, and the rest wait their turn.
+CONCURRENT_ANSWERS = 8
+
+SendBaseline = Callable[[str, list[BizModel]], Awaitable[None]]
+ListDeployments = Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]]
+
+
+def deployment_lister(api: client.ApiClient) -> ListDeployments:
+    """Every Deployment of the cluster, as plain dicts."""
+
+    async def list_deployments() -> list[dict[str, Any]]:
+        deployments = await client.AppsV1Api(api).list_deployment_for_all_namespaces()
+        return [api.sanitize_for_serialization(d) for d in deployments.items]
+
+    return list_deployments
 
 
 def _expression_matches(expression: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -79,3 +109,63 @@ def baseline_for(
                 seen.add(module.key)
                 chosen.append(module.biz())
     return chosen
+
+
+class BaselineAnswers:
+    """Answers the bases' baseline queries, off the dispatcher's path.
+
+    Bounded: at most CONCURRENT_ANSWERS at once and one waiting answer per base (a base
+    that asks again while waiting gets one answer, to its latest query); every query that
+    arrives while a Deployment list is in flight shares that list instead of its own.
+    """
+
+    def __init__(
+        self, settings: Settings, list_deployments: ListDeployments, send: SendBaseline
+    ) -> None:
+        self.settings = settings
+        self._list_deployments = list_deployments
+        self._send = send
+        self._waiting: dict[str, BaselineQuery] = {}
+        self._slots = asyncio.Semaphore(CONCURRENT_ANSWERS)
+        self._listing: asyncio.Task[list[dict[str, Any]]] | None = None
+        self.tasks = BackgroundTasks("baseline")
+        self.deployment_lists = 0  # how many lists were made (for tests and debugging)
+
+    def answer(self, query: BaselineQuery) -> None:
+        """Answer soon; returns at once."""
+        already_waiting = query.identity in self._waiting
+        self._waiting[query.identity] = query
+        if not already_waiting:
+            self.tasks.spawn(self._answer(query.identity), f"baseline-{query.identity}")
+
+    async def stop(self) -> None:
+        await self.tasks.stop()
+        if self._listing is not None:
+            self._listing.cancel()
+
+    async def _answer(self, identity: str) -> None:
+        async with self._slots:
+            query = self._waiting.pop(identity)
+            deployments = await self._deployments()
+            node_name = naming.node_name(
+                self.settings.node_name_template, identity, self.settings.env
+            )
+            labels = node_labels(node_name, BaseStatus(base_metadata=query.metadata), self.settings)
+            modules = baseline_for(deployments, labels, self.settings.module_label)
+            await self._send(identity, modules)
+        log.info(
+            "Answered the baseline query of base %s with %d module(s): %s.",
+            identity,
+            len(modules),
+            ", ".join(m.key for m in modules) or "none",
+        )
+
+    async def _deployments(self) -> list[dict[str, Any]]:
+        """Every Deployment, from the list in flight if there is one, else a new list."""
+        if self._listing is None or self._listing.done():
+            self.deployment_lists += 1
+            self._listing = asyncio.create_task(
+                self._list_deployments(), name="baseline-deployments"
+            )
+        # shield: one caller cancelled must not cancel the list the others wait for.
+        return await asyncio.shield(self._listing)

@@ -1,11 +1,15 @@
 """Carrying out a base's plan: commands to the base, status patches, pod removals.
 
-One worker per base at a time (a keyed queue), and the status patches of a plan are sent
-one after the other, each awaited, in this order: the writes that take pods out of Ready,
-then uninstalls and installs, then the other writes. So the API server sees an old pod go
-NotReady before its module is uninstalled and before the new pod goes Ready, which is the
-seed's lossless update. A plan that waits for a backoff or a grace period to end is looked
-at again then (a timer per base), not only at the next inventory poll.
+The per-base work of the data path. The dispatcher says "base X may need work"
+(`base_changed`, `nodes_changed`, an answer folded in); a keyed queue gives each base one
+worker at a time, which asks the planner (`planner.plan_base`, pure of I/O) what to do and
+does it. This is where the seed's ordering rule is carried out: the status patches of a
+plan are sent one after the other, each awaited, in the planner's order — the writes that
+take pods out of Ready, then uninstalls and installs, then the other writes — so the API
+server sees an old pod go NotReady before its module is uninstalled and before the new pod
+goes Ready. Every command to a base (install, uninstall, the inventory query that follows
+an answer) goes out from this worker, never from the dispatcher. A plan that waits for a
+backoff or a grace period to end is looked at again then (a timer per base).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.k8s_events import EventRecorder, EventType, ObjectRef
 from module_controller.modules import reasons
-from module_controller.modules.planner import EventType, PlanContext, plan_base
+from module_controller.modules.planner import PlanContext, plan_base
 from module_controller.modules.state import ModulePod, ModuleState, OperationOutcome
-from module_controller.modules.status import not_ready_status, shows_ready
+from module_controller.modules.status import is_ready, not_ready_status, shows_ready
 from module_controller.modules.text import bounded
 from module_controller.observability.metrics import Metrics, ModulePodState
 from module_controller.protocol import (
@@ -52,6 +57,17 @@ class ModuleCommands(Protocol):
 
 class PodEvents(Protocol):
     def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None: ...
+
+
+class RecordedPodEvents:
+    """Pod Events through the operator's Event recorder."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self._recorder = recorder
+
+    def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None:
+        ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
+        self._recorder.record(ref, type, reason, message)
 
 
 class LogOnlyEvents:
@@ -86,10 +102,13 @@ class ModuleSync:
         self.queue = KeyedWorkQueue(
             self.sync_base, workers=8, name="module sync", on_error=self._count_error
         )
-        # When each install / uninstall was sent, for the latency histograms.
-        self._install_sent: dict[tuple[str, str], float] = {}
-        self._uninstall_sent: dict[tuple[str, str], float] = {}
+        # When each install / uninstall was sent (base -> module key -> clock), for the
+        # latency histograms; pruned to what is still in flight at every sync of the base.
+        self._install_sent: dict[str, dict[str, float]] = {}
+        self._uninstall_sent: dict[str, dict[str, float]] = {}
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
+        # Bases whose next sync first asks for the full module list.
+        self._inventory_wanted: set[str] = set()
 
     def _count_error(self, error: Exception) -> None:
         if isinstance(error, ApiException):
@@ -99,13 +118,27 @@ class ModuleSync:
         self.queue.start()
 
     async def stop(self) -> None:
+        await self.queue.stop()
         for handle in self._wakeups.values():
             handle.cancel()
         self._wakeups.clear()
-        await self.queue.stop()
 
     def base_changed(self, identity: str) -> None:
         self.queue.add(identity)
+
+    def want_inventory(self, identity: str) -> None:
+        """Ask the base for its full module list, from its worker, before it is planned."""
+        self._inventory_wanted.add(identity)
+        self.queue.add(identity)
+
+    def forget_base(self, identity: str) -> None:
+        """The base is gone: drop what was kept for it (ModuleState forgets its modules)."""
+        self._install_sent.pop(identity, None)
+        self._uninstall_sent.pop(identity, None)
+        self._inventory_wanted.discard(identity)
+        wakeup = self._wakeups.pop(identity, None)
+        if wakeup is not None:
+            wakeup.cancel()
 
     def nodes_changed(self, node_names: set[str]) -> None:
         for name in node_names:
@@ -120,20 +153,18 @@ class ModuleSync:
         self.state.set_inventory(identity, modules)
         self.base_changed(identity)
 
-    async def operation_answered(self, identity: str, result: BizOperationResponse) -> None:
+    def operation_answered(self, identity: str, result: BizOperationResponse) -> None:
         """An install or uninstall answer: fold it in, tell the pods, ask for the inventory."""
         outcome = self.state.apply_operation(identity, result, self.clock())
         if outcome is not None:
             self._report_operation(identity, outcome)
-        await self.query_inventory(identity)
-        self.base_changed(identity)
+        self.want_inventory(identity)
 
-    async def batch_answered(self, identity: str, result: BatchInstallBizResponse) -> None:
+    def batch_answered(self, identity: str, result: BatchInstallBizResponse) -> None:
         self.state.apply_batch(identity, result)
-        await self.query_inventory(identity)
-        self.base_changed(identity)
+        self.want_inventory(identity)
 
-    async def query_inventory(self, identity: str) -> None:
+    async def _query_inventory(self, identity: str) -> None:
         # Without the broker, the periodic poll asks again once it is back.
         with contextlib.suppress(TunnelUnavailable):
             await self.tunnel.query_all_biz(identity)
@@ -159,12 +190,12 @@ class ModuleSync:
                 )
 
     def install_answered(self, identity: str, key: str, ok: bool) -> None:
-        sent = self._install_sent.pop((identity, key), None)
+        sent = self._install_sent.get(identity, {}).pop(key, None)
         if sent is not None:
             self.metrics.observe_install(self.clock() - sent, "success" if ok else "failure")
 
     def uninstall_answered(self, identity: str, key: str, ok: bool) -> None:
-        sent = self._uninstall_sent.pop((identity, key), None)
+        sent = self._uninstall_sent.get(identity, {}).pop(key, None)
         if sent is not None:
             self.metrics.observe_uninstall(self.clock() - sent, "success" if ok else "failure")
 
@@ -184,7 +215,7 @@ class ModuleSync:
         if pod.observed_ready:
             return "ready"
         record = self.registry.base_of_node(pod.node_name) if pod.node_name else None
-        base = self.state.bases.get(record.identity) if record is not None else None
+        base = self.state.base_modules.get(record.identity) if record is not None else None
         if base is None or base.inventory is None:
             return "pending"
         if any(spec.key in base.failures for spec in pod.wants.modules):
@@ -205,9 +236,14 @@ class ModuleSync:
         if record is None:
             # The base is gone: base_gone() marked its pods; they are the pod garbage
             # collector's now, and nothing here may write them Ready again.
+            self._inventory_wanted.discard(identity)
             return
+        if identity in self._inventory_wanted:
+            self._inventory_wanted.discard(identity)
+            await self._query_inventory(identity)
         pods = self.state.pods_on(record.node_name)
-        base = self.state.bases[identity]
+        base = self.state.base_modules[identity]
+        self._prune_sent(identity, set(base.installing), set(base.uninstalling))
         replacing = any(pod.deleting and pod.owned for pod in pods)
         context = PlanContext(
             settings=self.settings,
@@ -226,11 +262,11 @@ class ModuleSync:
             await self._write_status(pod, status)
         for biz in plan.uninstalls:
             log.info("Uninstalling %s from base %s.", biz.key, identity)
-            self._uninstall_sent.setdefault((identity, biz.key), self.clock())
+            self._uninstall_sent.setdefault(identity, {}).setdefault(biz.key, self.clock())
             await self.tunnel.uninstall_biz(identity, biz)
         for spec in plan.installs:
             log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
-            self._install_sent[(identity, spec.key)] = self.clock()
+            self._install_sent.setdefault(identity, {})[spec.key] = self.clock()
             self.metrics.record_install_command()
             await self.tunnel.install_biz(identity, spec.biz())
         for pod, status in plan.status_writes:
@@ -245,6 +281,20 @@ class ModuleSync:
         )
         for pod in plan.deletions:
             await self._remove(pod, why)
+
+    def _prune_sent(self, identity: str, installing: set[str], uninstalling: set[str]) -> None:
+        """Forget send times of commands no longer in flight (answered or given up)."""
+        for sent, in_flight in (
+            (self._install_sent, installing),
+            (self._uninstall_sent, uninstalling),
+        ):
+            times = sent.get(identity)
+            if times is None:
+                continue
+            for key in [key for key in times if key not in in_flight]:
+                del times[key]
+            if not times:
+                del sent[identity]
 
     def _unscheduled_keys(self) -> frozenset[str]:
         """Modules wanted by live pods not placed yet (a replacement may land anywhere)."""
@@ -305,12 +355,11 @@ class ModuleSync:
             raise
         body: dict[str, Any] = self.api.sanitize_for_serialization(answer)
         self.state.record_written_status(pod.uid, body)
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
         log.info(
-            "Pod %s is %s (%s).", pod.key, "Ready" if ready else "not ready", status.get("phase")
+            "Pod %s is %s (%s).",
+            pod.key,
+            "Ready" if is_ready(status) else "not ready",
+            status.get("phase"),
         )
 
     async def _remove(self, pod: ModulePod, why: str) -> None:
@@ -331,11 +380,3 @@ class ModuleSync:
         # Say what is true: "uninstalled" only where the base confirmed it (the inventory
         # no longer lists the pod's modules), not for a pod let go from a silent base.
         log.info("Removed pod %s: %s.", pod.key, why)
-
-
-async def poll_inventories(registry: BaseRegistry, tunnel: ModuleCommands) -> None:
-    """Ask every live base for its full module list (spread a little over time)."""
-    for number, identity in enumerate(list(registry.identities())):
-        await tunnel.query_all_biz(identity)
-        if number % 100 == 99:
-            await asyncio.sleep(0)

@@ -18,7 +18,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from module_controller.observability.server import Readiness
+from module_controller.observability.server import HealthChecks
 from module_controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ApiProbe:
     def __init__(
         self,
         api: client.ApiClient,
-        readiness: Readiness,
+        readiness: HealthChecks,
         *,
         check: str = "kubernetes",
         interval: float = PROBE_INTERVAL_SECONDS,

@@ -65,10 +65,12 @@ MqttDropReason = Literal[
     "stale",
     "identity_mismatch",
     "failed_reply",
+    "client_queue_full",
 ]
 """Why an incoming message was thrown away: too large, on a topic we do not handle, an
 identity we refuse, not parseable, older than the freshness window, a heartbeat claiming
-another base's identity, or a base's reply that reports its own failure."""
+another base's identity, a base's reply that reports its own failure, or the MQTT client's
+bounded incoming queue overflowing while the operator's event queue held it back."""
 
 ApiResource = Literal[
     "nodes", "nodes/status", "leases", "pods", "pods/status", "events", "deployments"
@@ -172,6 +174,17 @@ class Metrics:
             "installBiz commands sent to bases (retries included).",
             registry=self.registry,
         )
+        self._event_queue_full = Counter(
+            f"{PREFIX}_event_queue_full",
+            "Times an event (a base's message, a pod change, a tick) waited because the "
+            "operator's event queue was full; it is delivered late, never dropped.",
+            registry=self.registry,
+        )
+        self._event_queue_depth = Gauge(
+            f"{PREFIX}_event_queue_depth",
+            "Events waiting for the dispatcher.",
+            registry=self.registry,
+        )
         self._delivering = False
         self._create_known_series()
 
@@ -246,6 +259,12 @@ class Metrics:
 
     def record_install_command(self) -> None:
         self._install_commands.inc()
+
+    def record_event_queue_full(self) -> None:
+        self._event_queue_full.inc()
+
+    def set_event_queue_depth(self, depth: int) -> None:
+        self._event_queue_depth.set(depth)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry as `/metrics` serves it, and its content type.

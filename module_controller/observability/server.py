@@ -8,7 +8,7 @@ Liveness says the operator runs: `/healthz` answers 200 only from the end of a g
 start-up until the operator stops, and never again after a fatal failure (which also makes
 `module-controller run` exit non-zero). It does not follow the broker or the API server:
 restarting the operator because either is away would not bring it back. Readiness is the
-AND of named checks the operator sets (`Readiness`), and it starts false for every check
+AND of named checks the operator sets (`HealthChecks`), and it starts false for every check
 declared, so a pod is not Ready before the operator has really connected. Each failing
 check says why, as `[-]mqtt: connection refused`.
 """
@@ -33,10 +33,10 @@ class _Check:
     detail: str = "not reported yet"
 
 
-class Readiness:
+class HealthChecks:
     """Named readiness checks; ready when every one of them is. Also the operator's liveness.
 
-    Declare the checks at start-up (`Readiness(["kubernetes", "mqtt"])`) and report them
+    Declare the checks at start-up (`HealthChecks(["kubernetes", "mqtt"])`) and report them
     as things happen: `readiness.set("mqtt", False, "broker connection lost")`. Liveness
     lives here too because the code that meets a fatal failure holds only this object.
     """
@@ -44,7 +44,7 @@ class Readiness:
     def __init__(self, checks: Iterable[str]) -> None:
         self._checks = {name: _Check() for name in checks}
         if not self._checks:
-            raise ValueError("Readiness needs at least one check, or it would be ready at once")
+            raise ValueError("HealthChecks needs at least one check, or it would be ready at once")
         self._liveness = "start-up has not finished"  # "ok" while the operator runs
         self.fatal: str | None = None  # why the operator stopped for good, if it did
 
@@ -112,7 +112,7 @@ def _metrics_routes(metrics: Metrics) -> list[web.RouteDef]:
     return [web.get("/metrics", serve_metrics)]
 
 
-def _health_routes(readiness: Readiness) -> list[web.RouteDef]:
+def _health_routes(readiness: HealthChecks) -> list[web.RouteDef]:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(
             text=readiness.liveness_report(), status=200 if readiness.alive else 503
@@ -156,7 +156,7 @@ async def _serve(routes: list[web.RouteDef], host: str, port: int) -> tuple[web.
 
 async def start(
     metrics: Metrics,
-    readiness: Readiness,
+    readiness: HealthChecks,
     *,
     metrics_port: int = DEFAULT_METRICS_PORT,
     health_port: int = DEFAULT_HEALTH_PORT,

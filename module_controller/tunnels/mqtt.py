@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -47,6 +46,7 @@ from module_controller.protocol.messages import (
 )
 from module_controller.protocol.topics import base_topic, env_root
 from module_controller.settings import Settings
+from module_controller.tasks import raise_if_cancelling
 from module_controller.tunnels.events import (
     BaseHealthReport,
     BaseHeartbeat,
@@ -59,6 +59,7 @@ from module_controller.tunnels.events import (
     TunnelEvent,
 )
 from module_controller.tunnels.mqtt_errors import describe_mqtt_error
+from module_controller.tunnels.tls import mqtt_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class DropReason:
     STALE = "stale"
     IDENTITY_MISMATCH = "identity_mismatch"
     FAILED_REPLY = "failed_reply"
+    CLIENT_QUEUE_FULL = "client_queue_full"
 
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
@@ -115,7 +117,7 @@ class MessageDecoder:
         self._clock = clock
         self._log = RateLimitedLog(log)
 
-    def _drop(self, reason: str, message: str, *args: object) -> None:
+    def record_drop(self, reason: str, message: str, *args: object) -> None:
         self.dropped[reason] += 1
         if self._on_drop is not None:
             self._on_drop(reason)
@@ -128,23 +130,23 @@ class MessageDecoder:
         try:
             return self._decode(topic, payload)
         except Exception as error:  # a bug in decoding must cost one message, not the tunnel
-            self._drop(DropReason.MALFORMED, "%s could not be decoded: %r", topic, error)
+            self.record_drop(DropReason.MALFORMED, "%s could not be decoded: %r", topic, error)
             return None
 
     def _decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
         if len(payload) > self.settings.max_message_bytes:
-            self._drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
+            self.record_drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
             return None
         try:
             parsed, message = decode_base_message(topic, payload)
         except ProtocolError as error:
             reason = DropReason.UNKNOWN_TOPIC if error.what == "topic" else DropReason.MALFORMED
-            self._drop(reason, "%s (topic %s)", error, topic)
+            self.record_drop(reason, "%s (topic %s)", error, topic)
             return None
         identity = parsed.identity
         bad = naming.invalid_identity_reason(identity)
         if bad is not None:
-            self._drop(DropReason.BAD_IDENTITY, "identity %r refused: %s", identity[:80], bad)
+            self.record_drop(DropReason.BAD_IDENTITY, "identity %r refused: %s", identity[:80], bad)
             return None
         kind = parsed.base_kind
         assert isinstance(message, Envelope)
@@ -152,7 +154,7 @@ class MessageDecoder:
             max_age_ms = int(self.settings.message_max_age_seconds * 1000)
             age_ms = self._clock() - message.publish_timestamp
             if age_ms >= max_age_ms:
-                self._drop(
+                self.record_drop(
                     DropReason.STALE,
                     "%s from %s is %.1fs old (limit %.0fs; are the clocks in sync?)",
                     kind,
@@ -166,7 +168,7 @@ class MessageDecoder:
     def _event(self, identity: str, message: BaseModel) -> TunnelEvent | None:
         if isinstance(message, HeartMessage):
             if message.data.base_metadata.identity != identity:
-                self._drop(
+                self.record_drop(
                     DropReason.IDENTITY_MISMATCH,
                     "heartbeat on the topic of %s claims identity %r",
                     identity,
@@ -179,7 +181,7 @@ class MessageDecoder:
         if isinstance(message, HealthMessage):
             reply = message.data
             if not reply.ok or reply.data is None:
-                self._drop(
+                self.record_drop(
                     DropReason.FAILED_REPLY, "health of %s failed: %s", identity, reply.message
                 )
                 return None
@@ -192,7 +194,7 @@ class MessageDecoder:
             return BizOperationResult(identity, message.data)
         if isinstance(message, BatchInstallMessage):
             return BatchInstallResult(identity, message.data)
-        self._drop(DropReason.UNKNOWN_TOPIC, "no handler for %s", type(message).__name__)
+        self.record_drop(DropReason.UNKNOWN_TOPIC, "no handler for %s", type(message).__name__)
         return None
 
     def _legacy_inventory(self, identity: str, message: LegacyBizMessage) -> TunnelEvent | None:
@@ -202,7 +204,7 @@ class MessageDecoder:
 
         reply = message.data
         if not reply.ok or reply.data is None:
-            self._drop(
+            self.record_drop(
                 DropReason.FAILED_REPLY, "biz list of %s failed: %s", identity, reply.message
             )
             return None
@@ -224,24 +226,38 @@ def subscriptions(env: str) -> list[str]:
     return [f"{env_root(env)}/+/base/{kind}" for kind in SUBSCRIBED_KINDS]
 
 
-def probe_topic(env: str, client_id: str) -> str:
+def mqtt_client_id(settings: Settings) -> str:
+    """The operator's MQTT client id, as the Go controller forms it."""
+    return f"{settings.mqtt_client_prefix}@@@{settings.client_id}"
+
+
+def probe_topic(settings: Settings) -> str:
     """The topic of the operator's own probe: only it publishes and listens there.
 
     Under the env's root, where a broker's ACL most likely lets the controller in, and
     never matching the bases' `<root>/+/base/...` subscriptions.
     """
-    return f"{env_root(env)}/module-controller/{re.sub(r'[^A-Za-z0-9_.@-]', '_', client_id)}/probe"
+    client = re.sub(r"[^A-Za-z0-9_.@-]", "_", mqtt_client_id(settings))
+    return f"{env_root(settings.env)}/module-controller/{client}/probe"
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.mqtt_ca_path is None:
-        return None
-    context = ssl.create_default_context(cafile=str(settings.mqtt_ca_path))
-    if settings.mqtt_client_crt_path and settings.mqtt_client_key_path:
-        context.load_cert_chain(
-            str(settings.mqtt_client_crt_path), str(settings.mqtt_client_key_path)
-        )
-    return context
+def _bounded_client_queue(on_full: Callable[[], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming queue, bounded, counting what it must discard when full.
+
+    It fills only while the operator's own (bounded) inbox makes the reader wait; aiomqtt
+    then discards and logs, and we count it: a lost reply is found again by the next
+    inventory poll, a lost heartbeat by the next one.
+    """
+
+    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            try:
+                super().put_nowait(item)
+            except asyncio.QueueFull:
+                on_full()
+                raise
+
+    return CountingQueue
 
 
 class MqttTunnel:
@@ -262,7 +278,7 @@ class MqttTunnel:
         self.connections = 0
         # When a message last came through the broker (any topic, our probe included).
         self.last_delivery = time.monotonic()
-        self.probe_topic = probe_topic(settings.env, self.client_id)
+        self.probe_topic = probe_topic(settings)
         # Whether our probe came back on this connection: a broker whose ACL denies the
         # probe topic still delivers the bases' messages, which then are the only proof.
         self.probe_returned = False
@@ -270,12 +286,13 @@ class MqttTunnel:
         self._client: aiomqtt.Client | None = None
         self._on_reconnect = on_reconnect
         self._on_published = on_published
-        # Certificates are read once; a bad path fails at start-up, not at the first reconnect.
-        self._tls = _tls_context(settings)
+        self._tls = mqtt_tls_context(
+            settings.mqtt_ca_path, settings.mqtt_client_crt_path, settings.mqtt_client_key_path
+        )
 
     @property
     def client_id(self) -> str:
-        return f"{self.settings.mqtt_client_prefix}@@@{self.settings.client_id}"
+        return mqtt_client_id(self.settings)
 
     def _new_client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
@@ -288,6 +305,8 @@ class MqttTunnel:
             keepalive=self.settings.mqtt_keepalive_seconds,
             timeout=10,
             tls_context=self._tls,
+            queue_type=_bounded_client_queue(self._client_queue_full),
+            max_queued_incoming_messages=self.settings.event_queue_size,
         )
         # Hundreds of bases starting together mean hundreds of baseline answers in flight;
         # that is normal here, not the warning aiomqtt prints past 10.
@@ -339,7 +358,7 @@ class MqttTunnel:
                         prober.cancel()
                         await asyncio.gather(prober, return_exceptions=True)
             except aiomqtt.MqttError as error:
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 reason = describe_mqtt_error(error, self.settings)
                 log.warning(
                     "The MQTT broker %s:%d is unreachable (%s); retrying in %.0fs.",
@@ -358,6 +377,13 @@ class MqttTunnel:
             await self._deliver(BrokerDisconnected(reason, was_connected))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.mqtt_reconnect_max_seconds)
+
+    def _client_queue_full(self) -> None:
+        self.decoder.record_drop(
+            DropReason.CLIENT_QUEUE_FULL,
+            "the MQTT client's incoming queue is full (%d messages): the dispatcher is behind",
+            self.settings.event_queue_size,
+        )
 
     def delivery_silence(self) -> float | None:
         """Seconds since a message last came through the broker; None when disconnected."""
@@ -425,15 +451,3 @@ class MqttTunnel:
     async def send_baseline(self, identity: str, modules: list[BizModel]) -> None:
         topic = base_topic(self.settings.env, identity, BaseTopic.BASELINE)
         await self._publish(topic, encode(Baseline(modules)))
-
-
-def _raise_if_cancelling() -> None:
-    """A cancelled session can end in an MqttError instead of CancelledError.
-
-    aiomqtt waits up to its timeout for the broker to acknowledge a DISCONNECT while the
-    cancellation unwinds, and a timeout there raises MqttError, which would otherwise be
-    taken for a lost connection and reconnected: the task would never stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -13,7 +13,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from module_controller.observability.api_probe import ApiProbe
-from module_controller.observability.server import Readiness
+from module_controller.observability.server import HealthChecks
 from tests.waiting import wait_for
 
 VERSION = {
@@ -67,13 +67,13 @@ def _api(port: int) -> client.ApiClient:
     return client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
 
 
-def _line(readiness: Readiness, name: str = "kubernetes") -> str:
+def _line(readiness: HealthChecks, name: str = "kubernetes") -> str:
     (line,) = [text for text in readiness.report().splitlines() if name in text]
     return line
 
 
 async def test_the_check_follows_the_api_server(fake_api: FakeApiServer) -> None:
-    readiness = Readiness(["kubernetes"])
+    readiness = HealthChecks(["kubernetes"])
     api = _api(fake_api.port)
     probe = ApiProbe(api, readiness, interval=0.1, timeout=0.3)
     probe.start()
@@ -107,7 +107,7 @@ async def test_the_check_follows_the_api_server(fake_api: FakeApiServer) -> None
 
 
 async def test_an_error_answer_is_reported_as_such(fake_api: FakeApiServer) -> None:
-    readiness = Readiness(["kubernetes"])
+    readiness = HealthChecks(["kubernetes"])
     fake_api.status = 503
     api = _api(fake_api.port)
     try:
@@ -122,7 +122,7 @@ async def test_a_refusing_address_counts_from_the_last_answer() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again at once: nothing listens there
     now = [100.0]
-    readiness = Readiness(["kubernetes"])
+    readiness = HealthChecks(["kubernetes"])
     api = _api(port)
     try:
         probe = ApiProbe(api, readiness, timeout=5, clock=lambda: now[0])

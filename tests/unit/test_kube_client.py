@@ -13,8 +13,11 @@ from module_controller.kube import with_request_timeout
 
 
 async def test_a_request_to_a_silent_server_ends_at_the_deadline() -> None:
+    release = asyncio.Event()
+
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(60)
+        await release.wait()  # answers nothing until the test is over
+        writer.close()
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -26,5 +29,7 @@ async def test_a_request_to_a_silent_server_ends_at_the_deadline() -> None:
             await client.CoreV1Api(api).list_node()
     finally:
         await api.close()
+        release.set()
         server.close()
+        await server.wait_closed()
     assert time.monotonic() - began < 5

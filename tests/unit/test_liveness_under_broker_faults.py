@@ -11,11 +11,12 @@ from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
 
-from module_controller.controller import ModuleController
+from module_controller.dispatcher import Dispatcher
+from module_controller.inbox import Tick
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync
 from module_controller.observability.metrics import Metrics
-from module_controller.observability.server import Readiness
+from module_controller.observability.server import HealthChecks
 from module_controller.protocol import BaseMetadata, BaseStatus
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
@@ -149,16 +150,18 @@ def test_adopted_nodes_and_a_broker_that_never_connects_delete_nothing() -> None
 
 @dataclass
 class FakeTunnel:
-    """What _judge_broker reads of the tunnel; deliveries on the registry's fake clock."""
+    """What the runtime's tick reads of the tunnel; deliveries on the registry's fake clock."""
 
     clock: Clock
     last_delivery: float
     probe_returned: bool = False
-    probe_topic: str = "koupleless_dev/module-controller/x/probe"
     connected: bool = True
 
     def delivery_silence(self) -> float | None:
         return self.clock.now - self.last_delivery if self.connected else None
+
+    def tick(self) -> Tick:
+        return Tick(self.delivery_silence(), self.probe_returned)
 
 
 @dataclass
@@ -174,20 +177,33 @@ class FakeNodes:
     existing: dict[str, Any] = field(default_factory=dict)
 
 
-def judging_controller(settings: Settings, registry: BaseRegistry, tunnel: FakeTunnel) -> Any:
-    """Just the parts of ModuleController that _judge_broker touches (no I/O)."""
-    controller = object.__new__(ModuleController)
-    controller.settings = settings
-    controller.registry = registry
-    controller.tunnel = tunnel  # type: ignore[assignment]
-    controller.readiness = Readiness(["kubernetes", "mqtt"])
-    controller.readiness.set("kubernetes", True, "listed this operator's nodes")
-    controller.readiness.set("mqtt", True, "connected to the broker")
-    controller.metrics = Metrics()
-    controller.nodes = FakeNodes()  # type: ignore[assignment]
-    controller.events = FakeEvents()  # type: ignore[assignment]
-    controller._probe_denied_told = False
-    return controller
+@dataclass
+class Judge:
+    """A dispatcher with just the parts its judgement of the broker touches (no I/O)."""
+
+    dispatcher: Dispatcher
+    tunnel: FakeTunnel
+    health: HealthChecks
+    events: FakeEvents
+
+    def _judge_broker(self) -> None:
+        self.dispatcher._judge_broker(self.tunnel.tick())
+
+
+def judging_controller(settings: Settings, registry: BaseRegistry, tunnel: FakeTunnel) -> Judge:
+    health = HealthChecks(["kubernetes", "mqtt"])
+    health.set("kubernetes", True, "listed this operator's nodes")
+    health.set("mqtt", True, "connected to the broker")
+    events = FakeEvents()
+    dispatcher = object.__new__(Dispatcher)
+    dispatcher.settings = settings
+    dispatcher.registry = registry
+    dispatcher.health = health
+    dispatcher.metrics = Metrics()
+    dispatcher.nodes = FakeNodes()  # type: ignore[assignment]
+    dispatcher.events = events  # type: ignore[assignment]
+    dispatcher._probe_denied_told = False
+    return Judge(dispatcher, tunnel, health, events)
 
 
 def test_with_the_probe_denied_a_dead_fleet_loses_its_nodes() -> None:
@@ -220,7 +236,7 @@ def test_with_the_probe_denied_an_empty_fleet_is_ready() -> None:
     for _ in range(120):
         clock.now += 1
         controller._judge_broker()
-    assert controller.readiness.ready, controller.readiness.report()
+    assert controller.health.ready, controller.health.report()
 
 
 def test_with_the_probe_denied_a_frozen_broker_is_left_to_the_keepalive() -> None:
@@ -255,11 +271,11 @@ def test_a_suspect_broker_pauses_liveness_and_fails_readyz_then_recovers() -> No
         controller._judge_broker()
         assert registry.tick() == []
     assert registry.liveness_paused
-    assert "[-]mqtt: no message through the broker for 300s" in controller.readiness.report()
+    assert "[-]mqtt: no message through the broker for 300s" in controller.health.report()
     assert len(controller.events.recorded) == 4  # one BrokerSuspect per node, once
     tunnel.last_delivery = clock.now
     controller._judge_broker()
-    assert not registry.liveness_paused and controller.readiness.ready
+    assert not registry.liveness_paused and controller.health.ready
     clock.now += 1
     assert registry.tick() == []
 
@@ -320,7 +336,7 @@ def test_base_gone_leaves_the_pods_of_a_base_that_came_back() -> None:
     state = ModuleState()
     shown = pod("p1", [("m", "1")], ready=True)
     shown.node_name = "virtual-node-b0"
-    state.pods[shown.uid] = shown
+    state.add_pod(shown)
     recorder = RecordingSync()
     sync = object.__new__(ModuleSync)
     sync.registry = registry
@@ -338,7 +354,8 @@ def test_base_gone_leaves_the_pods_of_a_base_that_came_back() -> None:
 def test_the_probe_topic_matches_no_base_subscription_and_carries_no_wildcard() -> None:
     """Checked, fine: a client id with MQTT wildcards or slashes cannot widen the topic."""
     for client_id in ("koupleless@@@a/b", "koupleless@@@#", "koupleless@@@+", "k@@@base"):
-        topic = probe_topic("dev", client_id)
+        prefix, _, instance = client_id.partition("@@@")
+        topic = probe_topic(Settings(mqtt_client_prefix=prefix, client_id=instance))
         assert "#" not in topic and "+" not in topic
         assert topic.count("/") == 3
         assert not any(topic_matches_sub(sub, topic) for sub in subscriptions("dev"))

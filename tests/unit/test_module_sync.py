@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
+from module_controller.k8s_events import EventType
 from module_controller.modules import reasons
-from module_controller.modules.planner import EventType
 from module_controller.modules.state import ModulePod, ModuleState
 from module_controller.modules.sync import ModuleSync
 from module_controller.observability.metrics import Metrics
@@ -20,6 +19,7 @@ from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from tests.unit.modules_support import NEWER, condition, download_failed, pod, simple
+from tests.waiting import wait_for
 
 IDENTITY = "base-1"
 
@@ -112,7 +112,7 @@ class Scene:
 
     def add(self, module_pod: ModulePod) -> ModulePod:
         module_pod.node_name = self.node
-        self.state.pods[module_pod.uid] = module_pod
+        self.state.add_pod(module_pod)
         return module_pod
 
     def counter(self, name: str) -> float:
@@ -165,7 +165,7 @@ async def test_a_failing_install_gives_one_stable_warning(scene: Scene) -> None:
     scene.state.set_inventory(IDENTITY, ())
     for _ in range(3):
         await scene.sync.sync_base(IDENTITY)
-        await scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
+        scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
         scene.clock.now += 400  # past any backoff
     warnings = {e for e in scene.events.recorded if e[1] == "Warning"}
     assert len(warnings) == 1, "identical reason and message: the recorder counts one Event"
@@ -181,12 +181,16 @@ async def test_a_plan_that_waits_is_looked_at_again_when_the_wait_ends(scene: Sc
     scene.add(pod("a", [("biz1", "1")]))
     scene.state.set_inventory(IDENTITY, ())
     await scene.sync.sync_base(IDENTITY)
-    await scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
+    scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
     added.clear()
-    scene.state.bases[IDENTITY].failures["biz1:1"].at = scene.clock.now - 4.9  # due in 0.1 s
+    scene.state.base_modules[IDENTITY].failures["biz1:1"].at = scene.clock.now - 4.9  # due in 0.1 s
     await scene.sync.sync_base(IDENTITY)
-    await asyncio.sleep(0.3)
-    assert added == [IDENTITY]
+    assert added == []
+
+    async def woken() -> bool:
+        return added == [IDENTITY]
+
+    await wait_for(woken, timeout=2, what="the base planned again when its backoff ends")
 
 
 async def test_a_gone_base_marks_its_ready_pods_before_its_node_goes(scene: Scene) -> None:

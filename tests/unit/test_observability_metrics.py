@@ -24,6 +24,8 @@ EXPECTED_FAMILIES = {
     "module_controller_mass_silence": "gauge",
     "module_controller_pod_status_writes": "counter",
     "module_controller_module_install_commands": "counter",
+    "module_controller_event_queue_full": "counter",
+    "module_controller_event_queue_depth": "gauge",
 }
 
 

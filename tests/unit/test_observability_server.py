@@ -9,7 +9,7 @@ import pytest
 
 from module_controller.observability import server
 from module_controller.observability.metrics import Metrics
-from module_controller.observability.server import ObservabilityServer, Readiness
+from module_controller.observability.server import HealthChecks, ObservabilityServer
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ async def _get(
 
 
 async def test_readiness_follows_every_named_check(http: aiohttp.ClientSession) -> None:
-    readiness = Readiness(["kubernetes", "mqtt"])
+    readiness = HealthChecks(["kubernetes", "mqtt"])
     running = await server.start(
         Metrics(), readiness, metrics_port=0, health_port=0, host="127.0.0.1"
     )
@@ -64,7 +64,7 @@ async def test_metrics_are_served_in_prometheus_text_format(http: aiohttp.Client
     metrics.set_bases(2)
     metrics.record_mqtt_dropped("stale")
     running = await server.start(
-        metrics, Readiness(["mqtt"]), metrics_port=0, health_port=0, host="127.0.0.1"
+        metrics, HealthChecks(["mqtt"]), metrics_port=0, health_port=0, host="127.0.0.1"
     )
     try:
         assert running.ports["/metrics"] != running.ports["/healthz"]
@@ -86,12 +86,12 @@ async def test_one_port_serves_all_paths_when_both_settings_name_it(
 ) -> None:
     # Find a free port by letting the OS pick one, then ask for it for both.
     probe = await server.start(
-        Metrics(), Readiness(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
+        Metrics(), HealthChecks(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
     )
     port = probe.ports["/metrics"]
     await server.stop(probe)
 
-    readiness = Readiness(["x"])
+    readiness = HealthChecks(["x"])
     readiness.set("x", True)
     readiness.operator_started()
     running = await server.start(
@@ -108,7 +108,7 @@ async def test_one_port_serves_all_paths_when_both_settings_name_it(
 
 async def test_stop_closes_the_listeners(http: aiohttp.ClientSession) -> None:
     running = await server.start(
-        Metrics(), Readiness(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
+        Metrics(), HealthChecks(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
     )
     ports = dict(running.ports)
     await server.stop(running)
@@ -120,14 +120,14 @@ async def test_stop_closes_the_listeners(http: aiohttp.ClientSession) -> None:
 
 async def test_a_busy_port_fails_start_and_leaves_nothing_listening() -> None:
     first = await server.start(
-        Metrics(), Readiness(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
+        Metrics(), HealthChecks(["x"]), metrics_port=0, health_port=0, host="127.0.0.1"
     )
     try:
         with pytest.raises(OSError):
             # Metrics on a free port, health on the first server's port: the second bind fails.
             await server.start(
                 Metrics(),
-                Readiness(["x"]),
+                HealthChecks(["x"]),
                 metrics_port=0,
                 health_port=first.ports["/healthz"],
                 host="127.0.0.1",
@@ -137,7 +137,7 @@ async def test_a_busy_port_fails_start_and_leaves_nothing_listening() -> None:
 
 
 async def test_healthz_fails_unless_the_operator_runs(http: aiohttp.ClientSession) -> None:
-    readiness = Readiness(["kubernetes", "mqtt"])
+    readiness = HealthChecks(["kubernetes", "mqtt"])
     running = await server.start(
         Metrics(), readiness, metrics_port=0, health_port=0, host="127.0.0.1"
     )
@@ -159,7 +159,7 @@ async def test_healthz_fails_unless_the_operator_runs(http: aiohttp.ClientSessio
 async def test_a_fatal_failure_fails_healthz_and_its_check_for_good(
     http: aiohttp.ClientSession,
 ) -> None:
-    readiness = Readiness(["kubernetes", "mqtt"])
+    readiness = HealthChecks(["kubernetes", "mqtt"])
     readiness.set("kubernetes", True)
     readiness.operator_started()
     running = await server.start(
@@ -180,7 +180,7 @@ async def test_a_fatal_failure_fails_healthz_and_its_check_for_good(
 
 
 def test_an_unknown_check_name_is_refused() -> None:
-    readiness = Readiness(["kubernetes", "mqtt"])
+    readiness = HealthChecks(["kubernetes", "mqtt"])
     with pytest.raises(KeyError, match="mqqt"):
         readiness.set("mqqt", True)
     assert not readiness.ready
@@ -188,4 +188,4 @@ def test_an_unknown_check_name_is_refused() -> None:
 
 def test_readiness_needs_a_check() -> None:
     with pytest.raises(ValueError, match="at least one check"):
-        Readiness([])
+        HealthChecks([])

@@ -1,0 +1,195 @@
+"""The running operator: builds the parts, wires the data paths, starts and stops the tasks.
+
+Two data paths, one direction each (README, "Architecture"):
+
+    MQTT tunnel ──┐                                  ┌─> NodeSyncer ─> Nodes, Leases
+    Kopf watches ─┼─> Inbox ─> Dispatcher ─> registry ┤
+    the clock ────┘            (one match)  + module ─┼─> ModuleSync (per base) ─> planner
+                                              state   │     ─> commands (tunnel), status patches
+                                                      └─> BaselineAnswers ─> tunnel
+
+Nothing downstream holds a reference back to what feeds it. The tasks are operator-level
+asyncio tasks, never per-object Kopf timers or daemons, so nothing is written onto objects
+the operator does not own. A task that dies is fatal: /healthz fails and, when a stop flag
+is given (`module-controller run`), Kopf stops and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
+
+from kubernetes_asyncio import client
+
+from module_controller.dispatcher import Dispatcher
+from module_controller.inbox import Inbox, Tick
+from module_controller.k8s_events import EventRecorder
+from module_controller.modules.baseline import BaselineAnswers, deployment_lister
+from module_controller.modules.state import ModuleState
+from module_controller.modules.sync import ModuleSync, RecordedPodEvents
+from module_controller.observability.metrics import Metrics, MqttDropReason
+from module_controller.observability.server import HealthChecks
+from module_controller.registry import BaseRegistry
+from module_controller.settings import Settings
+from module_controller.tasks import cancel_and_wait
+from module_controller.tunnels.mqtt import MqttTunnel, TunnelUnavailable
+from module_controller.vnodes import NodeSyncer
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        api: client.ApiClient,
+        metrics: Metrics | None = None,
+        health: HealthChecks | None = None,
+        stop_flag: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics or Metrics()
+        self.health = health or HealthChecks(["kubernetes", "mqtt"])
+        self._stop_flag = stop_flag
+        self.inbox = Inbox(settings.event_queue_size, self.metrics)
+        self.registry = BaseRegistry(settings)
+        self.module_state = ModuleState()
+        self.nodes = NodeSyncer(settings, self.registry, api)
+        metrics = self.metrics  # the callbacks below count into it, not into the runtime
+        self.nodes.api_errors = lambda status: metrics.record_api_error("nodes", status)
+        self.tunnel = MqttTunnel(
+            settings,
+            self.inbox.put,
+            on_drop=lambda reason: metrics.record_mqtt_dropped(cast(MqttDropReason, reason)),
+            on_reconnect=metrics.record_broker_reconnect,
+            on_published=lambda command: metrics.record_mqtt_published(
+                "baseline" if command == "baseline" else "command"
+            ),
+        )
+        self.events = EventRecorder(api, instance=settings.client_id, metrics=self.metrics)
+        self.module_sync = ModuleSync(
+            settings,
+            self.registry,
+            self.module_state,
+            self.tunnel,
+            api,
+            self.metrics,
+            RecordedPodEvents(self.events),
+        )
+        self.baseline = BaselineAnswers(settings, deployment_lister(api), self.tunnel.send_baseline)
+        self.dispatcher = Dispatcher(
+            settings,
+            self.registry,
+            self.module_state,
+            self.nodes,
+            self.module_sync,
+            self.baseline,
+            self.events,
+            self.health,
+            self.metrics,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.nodes.adopt_existing()
+        self.health.set("kubernetes", True, "listed this operator's nodes")
+        self.nodes.start()
+        self.events.start()
+        await self._list_module_pods()
+        self.module_sync.start()
+        self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
+        self._spawn(self.tunnel.run(), "mqtt-tunnel")
+        self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
+        self._spawn(
+            self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
+            "inventories",
+        )
+        self._spawn(
+            self._every(self.settings.lease_renew_seconds, self.nodes.renew_leases), "leases"
+        )
+        self._spawn(self._every(self.settings.health_poll_seconds, self._poll_health), "health")
+
+    async def stop(self) -> None:
+        """Stop the feeds first, then what they feed, so nothing is left half-done."""
+        await cancel_and_wait(self._tasks)
+        self._tasks.clear()
+        await self.dispatcher.stop()
+        await self.baseline.stop()
+        await self.module_sync.stop()
+        await self.nodes.stop()
+        await self.events.stop()
+
+    async def _list_module_pods(self) -> None:
+        """Know every module pod before judging any module an orphan."""
+        core = client.CoreV1Api(self.api)
+        pods = await core.list_pod_for_all_namespaces(label_selector=self.settings.module_selector)
+        now = self.module_sync.clock()
+        for pod in pods.items:
+            self.module_state.upsert_pod(self.api.sanitize_for_serialization(pod), now)
+        self.module_state.listed = True
+        log.info("Listed %d module pod(s).", len(pods.items))
+
+    # --- supervision ------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(self._supervised(work, name), name=name))
+
+    async def _supervised(self, work: Awaitable[None], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            # A background task must never die silently, nor leave a half-alive operator:
+            # /healthz fails (the liveness probe restarts the pod) and, under
+            # `module-controller run`, Kopf stops and the process exits 1.
+            log.critical("The %s task failed; the operator stops.", name, exc_info=True)
+            check = "mqtt" if name == "mqtt-tunnel" else "kubernetes"
+            self.health.operator_failed(check, f"the {name} task failed: {error!r}")
+            if self._stop_flag is not None:
+                self._stop_flag.set()
+            raise
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` every `seconds`; one failure is logged and does not end the loop."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "Periodic task %s failed; it runs again in %.0fs.",
+                    getattr(work, "__name__", work),
+                    seconds,
+                )
+
+    # --- the periodic work ------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """The liveness clock is an event like the others, judged by the dispatcher."""
+        self.metrics.set_event_queue_depth(len(self.inbox))
+        await self.inbox.put(Tick(self.tunnel.delivery_silence(), self.tunnel.probe_returned))
+
+    async def _poll_inventories(self) -> None:
+        """Ask every live base for its full module list (spread a little over time)."""
+        for number, identity in enumerate(list(self.registry.identities())):
+            try:
+                await self.tunnel.query_all_biz(identity)
+            except TunnelUnavailable:
+                return  # asked again at the next poll
+            if number % 100 == 99:
+                await asyncio.sleep(0)
+
+    async def _poll_health(self) -> None:
+        for identity in list(self.registry.identities()):
+            try:
+                await self.tunnel.query_health(identity)
+            except TunnelUnavailable:
+                return

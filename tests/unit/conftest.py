@@ -1,0 +1,38 @@
+"""Unit tests are quick and clean up after themselves: a short timeout each, and a test
+that leaves an asyncio task running fails (the loop is shared by the whole session, so a
+leaked task would run on into other tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+UNIT_TEST_TIMEOUT_SECONDS = 30  # the slowest start a real operator child process
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TEST_TIMEOUT_SECONDS))
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    before = asyncio.all_tasks()
+    yield
+    for _ in range(5):  # let tasks that were told to stop finish stopping
+        await asyncio.sleep(0)
+    current = asyncio.current_task()
+    leaked = [
+        task for task in asyncio.all_tasks() - before if task is not current and not task.done()
+    ]
+    for task in leaked:
+        task.cancel()
+    await asyncio.gather(*leaked, return_exceptions=True)
+    if leaked:
+        names = ", ".join(sorted(task.get_name() for task in leaked))
+        pytest.fail(f"the test left {len(leaked)} task(s) running: {names}")
