@@ -16,6 +16,7 @@ from typing import Any
 
 from module_controller.kube import ClusterConfigError, check_cluster_config
 from module_controller.observability.logging import configure_logging
+from module_controller.operator_memo import OperatorMemo
 from module_controller.settings import SettingsError, describe_settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -58,22 +59,22 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     import module_controller.handlers  # noqa: F401  (registers the handlers)
-    from module_controller.handlers.lifecycle import READINESS, STARTUP_FAILURE
 
     log.info("Using the cluster of %s.", cluster)
-    memo = kopf.Memo()
+    # A fatal failure sets the stop flag: Kopf stops as on SIGTERM (which it still handles).
+    memo = OperatorMemo(stop_flag=asyncio.Event())
     try:
-        asyncio.run(kopf.operator(standalone=True, clusterwide=True, memo=memo))
+        asyncio.run(
+            kopf.operator(standalone=True, clusterwide=True, memo=memo, stop_flag=memo.stop_flag)
+        )
     except Exception:
-        failure = memo.get(STARTUP_FAILURE)
-        if failure is None:
+        if memo.startup_failure is None:
             # Not a start-up failure we described: a bug, whose traceback is the report.
             log.critical("The operator failed.", exc_info=True)
             return 1
-        _say(failure)
+        _say(memo.startup_failure)
         return 1
-    readiness = memo.get(READINESS)
-    if readiness is not None and readiness.fatal is not None:
-        _say(f"stopped after a fatal failure: {readiness.fatal}")
+    if memo.health is not None and memo.health.fatal is not None:
+        _say(f"stopped after a fatal failure: {memo.health.fatal}")
         return 1
     return 0

@@ -13,6 +13,8 @@ One record is always one line, whatever the data in it: a base may name itself "
 that must not forge a second log line. Text lines escape every control character (a newline
 becomes the two characters `\n`), tracebacks included, so `sed 's/\\n/\n/g'` unfolds one;
 JSON escapes them by itself, and the few line separators it leaves raw are escaped too.
+
+Kopf installs the handler (`kopf.configure`, as `kopf run` does); the formatters are ours.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import sys
 from typing import Any, Literal, TextIO
+
+import kopf
 
 LogFormat = Literal["text", "json"]  # the LOG_FORMAT setting's values
 
@@ -114,14 +117,22 @@ def configure_logging(
 ) -> logging.Handler:
     """Send every logger's records to `stream` (stderr by default) in the chosen format.
 
-    Replaces the root logger's handlers, so calling it again switches format instead of
-    printing each line twice. Returns the handler it installed.
+    `kopf.configure` installs the root handler (replacing the one it installed before, so
+    calling this again switches format instead of printing each line twice) and keeps
+    asyncio's own logger quiet below DEBUG. Returns the handler.
     """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level]
+    kopf.configure(
+        debug=numeric <= logging.DEBUG, log_format=kopf.LogFormat.PLAIN, log_prefix=False
+    )
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    handler = root.handlers[-1]  # kopf.configure appends its handler last
+    assert isinstance(handler, logging.StreamHandler)
+    if stream is not None:
+        handler.setStream(stream)
+    # Kopf's formatters neither escape line breaks (text) nor use our documented JSON field
+    # names (it writes `timestamp`, `severity`, `object`), so ours stay.
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    # Kopf knows only DEBUG, INFO and WARNING (quiet); LOG_LEVEL may also say ERROR.
     root.setLevel(level)
     return handler

@@ -9,6 +9,7 @@ the Kubernetes binaries (module_controller/testbed/helm.py).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from module_controller.testbed.helm import ensure_helm
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
+DOCKERFILE = REPO / "operator" / "Dockerfile"
 CHART = REPO / "operator" / "chart" / "module-controller"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 OPERATOR_NAMESPACE = "module-controller"
@@ -273,3 +275,10 @@ def test_the_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     plain = _render(helm, OPERATOR_NAMESPACE, CHART / "ci" / "plain-values.yaml")
     assert not [doc for doc in plain if doc["kind"] == "ServiceMonitor"], "off by default"
+
+
+def test_the_image_installs_the_wheel_without_extras() -> None:
+    """The extras are development tools; the image gets the runtime `dependencies` only
+    (tests/unit/test_operator_imports.py checks the operator needs each of them)."""
+    installs = re.findall(r"pip install [^\n\\]*", DOCKERFILE.read_text())
+    assert [install.split()[-1] for install in installs] == ["/dist/*.whl"], installs

@@ -33,18 +33,18 @@ KOPF_EXTRAS: dict[str, Any] = {
 
 @pytest.fixture
 def output() -> Iterator[io.StringIO]:
-    """Where configure_logging writes in these tests; the root logger is put back after."""
-    root = logging.getLogger()
+    """Where configure_logging writes in these tests; the root logger and asyncio's (which
+    kopf.configure quiets) are put back after."""
+    root, aio = logging.getLogger(), logging.getLogger("asyncio")
     saved_handlers, saved_level = list(root.handlers), root.level
+    saved_aio = (list(aio.handlers), aio.propagate)
     stream = io.StringIO()
     try:
         yield stream
     finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved_handlers:
-            root.addHandler(handler)
+        root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        aio.handlers[:], aio.propagate = saved_aio
 
 
 def _json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -145,3 +145,17 @@ def test_json_lines_stay_one_line_and_keep_the_text_exact(output: io.StringIO) -
     (line,) = output.getvalue().splitlines()  # splitlines breaks at \u2028 and \x85 too
     entry = json.loads(line)
     assert (entry["message"], entry["base"]) == (f"Base {name}.", name)
+
+
+def test_the_level_is_exactly_log_level_and_asyncio_speaks_only_at_debug(
+    output: io.StringIO,
+) -> None:
+    configure_logging("ERROR", "text", output)
+    logging.getLogger("module_controller").warning("not shown at ERROR")
+    logging.getLogger("asyncio").error("not shown below DEBUG")
+    assert output.getvalue() == ""
+
+    configure_logging("DEBUG", "text", output)
+    logging.getLogger("asyncio").debug("Using selector: EpollSelector")
+    (line,) = output.getvalue().splitlines()
+    assert line.endswith(" DEBUG asyncio: Using selector: EpollSelector")

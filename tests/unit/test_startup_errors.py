@@ -7,13 +7,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -23,9 +21,10 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from module_controller import run_cli
-from module_controller.controller import ModuleController
 from module_controller.handlers import lifecycle
-from module_controller.observability.server import Readiness
+from module_controller.observability.server import HealthChecks
+from module_controller.operator_memo import OperatorMemo
+from module_controller.runtime import Runtime
 from module_controller.settings import Settings
 from tests.unit.test_api_probe import VERSION
 from tests.waiting import wait_for
@@ -178,16 +177,17 @@ async def test_a_failed_start_frees_its_ports_and_the_next_start_works(
 
     monkeypatch.setattr(lifecycle, "new_api_client", api_client)
 
-    memo = kopf.Memo()
+    memo = OperatorMemo()
     for _ in range(2):  # the second failure must be the same, not "address already in use"
         with pytest.raises(kopf.PermanentError, match="cannot reach the Kubernetes API server"):
             await _start(settings=kopf.OperatorSettings(), memo=memo)
-        assert memo[lifecycle.STARTUP_FAILURE].startswith("start-up failed: cannot reach")
+        assert memo.startup_failure is not None
+        assert memo.startup_failure.startswith("start-up failed: cannot reach")
         with pytest.raises(aiohttp.ClientConnectionError):
             await _get(health_port, "/healthz")
 
     target["port"] = api_port  # the cause is fixed
-    memo = kopf.Memo()
+    memo = OperatorMemo()
     starting = asyncio.create_task(_start(settings=kopf.OperatorSettings(), memo=memo))
     try:
 
@@ -207,7 +207,8 @@ async def test_a_failed_start_frees_its_ports_and_the_next_start_works(
             return "[+]kubernetes API server v1.36.3 answers\n" in body
 
         await wait_for(probed, timeout=10, what="the API probe's line in /readyz")
-        readiness: Readiness = memo[lifecycle.READINESS]
+        readiness = memo.health
+        assert readiness is not None
     finally:
         starting.cancel()
         await _stop(memo=memo)
@@ -219,40 +220,25 @@ async def test_a_failed_start_frees_its_ports_and_the_next_start_works(
 # --- a fatal failure later on ------------------------------------------------------------
 
 
-@pytest.fixture
-def sigterm() -> Iterator[list[int]]:
-    """SIGTERMs the process sends itself, caught instead of ending the test run."""
-    caught: list[int] = []
-
-    def record(signum: int, _: FrameType | None) -> None:
-        caught.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, record)
-    try:
-        yield caught
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-async def test_a_failed_background_task_is_fatal(sigterm: list[int]) -> None:
+async def test_a_failed_background_task_is_fatal() -> None:
+    """It fails /healthz and sets Kopf's stop flag (the process exits 1), no signal sent."""
     api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{_free_port()}"))
-    readiness = Readiness(["kubernetes", "mqtt"])
-    readiness.operator_started()
-    controller = ModuleController(Settings(), api, readiness=readiness)
+    health = HealthChecks(["kubernetes", "mqtt"])
+    health.operator_started()
+    stop_flag = asyncio.Event()
+    runtime = Runtime(Settings(), api, health=health, stop_flag=stop_flag)
 
     async def broken() -> None:
         raise RuntimeError("lease bookkeeping broke")
 
-    controller._spawn(broken(), "leases")
+    runtime._spawn(broken(), "leases")
     try:
-        await wait_for(lambda: asyncio.sleep(0, readiness.fatal), timeout=5, what="a fatal failure")
-        await wait_for(lambda: asyncio.sleep(0, sigterm), timeout=5, what="SIGTERM")
+        await asyncio.wait_for(stop_flag.wait(), timeout=5)
     finally:
-        await asyncio.gather(*controller._tasks, return_exceptions=True)
-        await controller.stop()
+        await runtime.stop()
         await api.close()
-    assert readiness.fatal is not None and "lease bookkeeping broke" in readiness.fatal
-    assert not readiness.alive
+    assert health.fatal is not None and "lease bookkeeping broke" in health.fatal
+    assert not health.alive
 
 
 @pytest.fixture(autouse=True)
@@ -267,13 +253,22 @@ def _kopf_log_level_restored() -> Iterator[None]:
 
 
 def _fake_operator(
-    monkeypatch: pytest.MonkeyPatch, fills_memo: dict[str, Any], fails: bool = False
+    monkeypatch: pytest.MonkeyPatch, fill: Callable[[OperatorMemo], None], fails: bool = False
 ) -> None:
+    """Replace Kopf's operator with one that checks how `run` calls it, lets `fill` play
+    the handlers' part on the memo, then returns (or fails, as Kopf does on a bad start)."""
+
     async def cluster() -> str:
         return "a fake cluster"
 
     async def operator(**kwargs: Any) -> None:
-        kwargs["memo"].update(fills_memo)
+        memo = kwargs["memo"]
+        assert isinstance(memo, OperatorMemo)
+        assert (kwargs["standalone"], kwargs["clusterwide"]) == (True, True)
+        # The flag a fatal failure sets is the one Kopf watches: no signal to itself.
+        assert memo.stop_flag is not None
+        assert kwargs["stop_flag"] is memo.stop_flag
+        fill(memo)
         if fails:
             raise RuntimeError("One or more handlers failed.")
 
@@ -285,9 +280,14 @@ def _fake_operator(
 def test_run_exits_1_after_a_fatal_failure(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    readiness = Readiness(["mqtt"])
-    readiness.operator_failed("mqtt", "the mqtt-tunnel task failed: KeyError('x')")
-    _fake_operator(monkeypatch, {lifecycle.READINESS: readiness})
+    def fail(memo: OperatorMemo) -> None:
+        memo.health = HealthChecks(["mqtt"])
+        memo.health.operator_started()
+        memo.health.operator_failed("mqtt", "the mqtt-tunnel task failed: KeyError('x')")
+        assert memo.stop_flag is not None
+        memo.stop_flag.set()
+
+    _fake_operator(monkeypatch, fail)
     assert run_cli.run(argparse.Namespace()) == 1
     assert capsys.readouterr().err == (
         "module-controller: stopped after a fatal failure: "
@@ -299,14 +299,29 @@ def test_run_exits_1_with_the_cause_when_start_up_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cause = "start-up failed: the Kubernetes API server answered 403 Forbidden"
-    _fake_operator(monkeypatch, {lifecycle.STARTUP_FAILURE: cause}, fails=True)
+
+    def fail(memo: OperatorMemo) -> None:
+        memo.startup_failure = cause
+
+    _fake_operator(monkeypatch, fail, fails=True)
     assert run_cli.run(argparse.Namespace()) == 1
     assert capsys.readouterr().err == f"module-controller: {cause}\n"
 
 
+def test_run_exits_1_with_a_traceback_when_kopf_fails_otherwise(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fake_operator(monkeypatch, lambda _: None, fails=True)
+    assert run_cli.run(argparse.Namespace()) == 1
+    (record,) = [r for r in caplog.records if r.name == run_cli.__name__ and r.exc_info]
+    assert record.getMessage() == "The operator failed."
+
+
 def test_run_exits_0_after_a_requested_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    readiness = Readiness(["mqtt"])
-    readiness.operator_started()
-    readiness.operator_stopped()
-    _fake_operator(monkeypatch, {lifecycle.READINESS: readiness})
+    def stop(memo: OperatorMemo) -> None:
+        memo.health = HealthChecks(["mqtt"])
+        memo.health.operator_started()
+        memo.health.operator_stopped()
+
+    _fake_operator(monkeypatch, stop)
     assert run_cli.run(argparse.Namespace()) == 0
