@@ -1,7 +1,9 @@
 """A keyed work queue: each key is processed by one worker at a time, repeats coalesce.
 
 Level-triggered reconciliation needs exactly this: "node X may be out of date" is queued
-once however often it is said, and a failed sync is retried with back-off.
+once however often it is said, and a failed sync is retried with back-off. Ours, not
+Kopf's: Kopf queues work per Kubernetes object, while ours is per base and per node and
+must coalesce what many objects and messages say about one base.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ start-up until the operator stops, and never again after a fatal failure (which 
 restarting the operator because either is away would not bring it back. Readiness is the
 AND of named checks the operator sets (`HealthChecks`), and it starts false for every check
 declared, so a pod is not Ready before the operator has really connected. Each failing
-check says why, as `[-]mqtt: connection refused`.
+check says why, as `[-]mqtt: connection refused`. Ours, not Kopf's `--liveness`
+endpoint: that one has no named readiness checks that say why they fail.
 """
 
 from __future__ import annotations
