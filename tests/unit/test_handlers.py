@@ -1,0 +1,68 @@
+"""The Kopf handlers are thin: called as plain coroutines, they only put events in the inbox."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio import client
+
+from module_controller.handlers import nodes, pods
+from module_controller.inbox import ModulePodChanged, NodeDeleted
+from module_controller.operator_memo import OperatorMemo, operator_memo
+from module_controller.runtime import Runtime
+from module_controller.settings import Settings
+
+# Kopf's decorators retype the handlers for Kopf's calls; the test calls them as Kopf does.
+Handler = Callable[..., Awaitable[None]]
+module_pod_event = cast(Handler, pods.module_pod_event)
+node_event = cast(Handler, nodes.node_event)
+
+
+def pod_body(component: str | None) -> dict[str, Any]:
+    labels = {} if component is None else {Settings().module_label: component}
+    return {"metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": labels}}
+
+
+def body_of(raw: dict[str, Any]) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+async def test_a_module_pod_event_goes_into_the_inbox_and_nothing_else() -> None:
+    async with client.ApiClient() as api:
+        runtime = Runtime(Settings(), api)
+        memo = OperatorMemo(runtime=runtime)
+        body = pod_body("module")
+        await module_pod_event(type="MODIFIED", body=body_of(body), memo=memo)
+        await module_pod_event(type="ADDED", body=body_of(pod_body("base")), memo=memo)
+        await module_pod_event(type="ADDED", body=body_of(pod_body(None)), memo=memo)
+        assert len(runtime.inbox) == 1, "only module pods reach the inbox"
+        event = runtime.inbox.get_nowait()
+        assert event == ModulePodChanged("MODIFIED", body)
+
+
+async def test_only_a_deleted_node_is_news() -> None:
+    async with client.ApiClient() as api:
+        runtime = Runtime(Settings(), api)
+        memo = OperatorMemo(runtime=runtime)
+        await node_event(type="MODIFIED", name="virtual-node-a", memo=memo)
+        await node_event(type="DELETED", name="virtual-node-a", memo=memo)
+        assert len(runtime.inbox) == 1
+        assert runtime.inbox.get_nowait() == NodeDeleted("virtual-node-a")
+
+
+async def test_handlers_before_a_runtime_exists_do_nothing() -> None:
+    await module_pod_event(type="ADDED", body=body_of(pod_body("module")), memo=OperatorMemo())
+    await node_event(type="DELETED", name="n", memo=OperatorMemo())
+
+
+def test_under_kopf_run_our_memo_lives_inside_kopfs_and_is_shared_by_its_copies() -> None:
+    """`kopf run` hands every handler a shallow copy of its own kopf.Memo."""
+    kopfs = kopf.Memo()
+    ours = operator_memo(kopfs)
+    assert operator_memo(kopfs) is ours
+    per_object = kopf.Memo(kopfs)  # what Kopf makes for each object it sees
+    assert operator_memo(per_object) is ours
+    typed = OperatorMemo()
+    assert operator_memo(typed) is typed
