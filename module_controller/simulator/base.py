@@ -36,7 +36,7 @@ from module_controller.simulator.config import BaseConfig
 from module_controller.simulator.faults import Faults
 from module_controller.simulator.http_api import ArkletHttpServer
 from module_controller.simulator.http_tunnel import run_http_heartbeat
-from module_controller.simulator.mqtt_tunnel import MqttTunnel
+from module_controller.simulator.mqtt_tunnel import BaseMqttLink
 from module_controller.tasks import cancel_and_wait
 
 log = logging.getLogger("module_controller.simulator")
@@ -76,7 +76,7 @@ class SimulatedBase:
         self.port = 0
         self.commands: deque[ReceivedCommand] = deque(maxlen=COMMAND_LOG_SIZE)
         self._http: ArkletHttpServer | None = None
-        self._mqtt: MqttTunnel | None = None
+        self._mqtt: BaseMqttLink | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers = asyncio.Semaphore(MQTT_WORKERS)
         self._held_reply: tuple[str, bytes] | None = None
@@ -97,13 +97,10 @@ class SimulatedBase:
         if self.running:
             raise RuntimeError(f"{self.label} is already running")
         self.identity = self.config.resolve_identity()
-        if self.config.http_api:
-            self._http = ArkletHttpServer(
-                self.arklet, lambda: self.identity, self._record_http_request
-            )
-            self.port = await self._http.start(self.config.ip, self.config.port)
         if self.config.mqtt is not None:
-            self._mqtt = MqttTunnel(
+            # Made first: it reads the TLS files, and a bad one must fail before anything
+            # listens.
+            self._mqtt = BaseMqttLink(
                 self.config.mqtt,
                 self.config.env,
                 self.identity,
@@ -112,6 +109,12 @@ class SimulatedBase:
                 self.label,
                 on_disconnect=self._notify,
             )
+        if self.config.http_api:
+            self._http = ArkletHttpServer(
+                self.arklet, lambda: self.identity, self._record_http_request
+            )
+            self.port = await self._http.start(self.config.ip, self.config.port)
+        if self._mqtt is not None:
             self._mqtt_task = self._spawn(self._mqtt.run())
         if self.config.http_heartbeat_endpoint:
             self._spawn(

@@ -18,6 +18,8 @@ import aiomqtt
 
 from module_controller.protocol.topics import base_subscriptions
 from module_controller.simulator.config import MqttSettings
+from module_controller.tasks import raise_if_cancelling
+from module_controller.tunnels.tls import mqtt_tls_context
 
 log = logging.getLogger(__name__)
 # paho's own chatter (e.g. "connection reset" after a simulated crash) stays out of INFO logs.
@@ -27,8 +29,11 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 10.0
 
 
-class MqttTunnel:
-    """``on_message(topic, payload)`` is awaited for each received message, in order."""
+class BaseMqttLink:
+    """``on_message(topic, payload)`` is awaited for each received message, in order.
+
+    (Not the operator's MqttTunnel: that one listens to every base; this is one base's.)
+    """
 
     def __init__(
         self,
@@ -47,6 +52,10 @@ class MqttTunnel:
         self._on_connect = on_connect  # called with first=True only once per tunnel
         self._label = label
         self._on_disconnect = on_disconnect
+        # TLS when a CA is configured, as the runtime switches to ``ssl://``.
+        self._tls = mqtt_tls_context(
+            settings.ca_path, settings.client_crt_path, settings.client_key_path
+        )
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0
@@ -64,7 +73,7 @@ class MqttTunnel:
                 await self._session()
                 delay = RECONNECT_MIN_S
             except aiomqtt.MqttError as exc:
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 if self._aborting:
                     break
                 log.warning("%s: MQTT connection lost or refused: %s", self._label, exc)
@@ -88,7 +97,7 @@ class MqttTunnel:
             identifier=self.client_id,
             clean_session=True,
             keepalive=settings.keepalive_s,
-            tls_context=_tls_context(settings),
+            tls_context=self._tls,
             max_inflight_messages=1000,
             timeout=10,
             logger=paho_log,
@@ -130,25 +139,3 @@ class MqttTunnel:
         if isinstance(sock, socket.socket | ssl.SSLSocket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
-    """TLS when a CA is configured, as the runtime switches to ``ssl://``."""
-    if not settings.ca_path:
-        return None
-    context = ssl.create_default_context(cafile=settings.ca_path)
-    if settings.client_crt_path and settings.client_key_path:
-        context.load_cert_chain(settings.client_crt_path, settings.client_key_path)
-    return context
-
-
-def _raise_if_cancelling() -> None:
-    """A cancelled session can end in an MqttError instead of CancelledError.
-
-    aiomqtt waits up to its timeout for the broker to acknowledge a DISCONNECT while the
-    cancellation unwinds, and a timeout there raises MqttError, which would otherwise be
-    taken for a lost connection and reconnected: the task would never stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
