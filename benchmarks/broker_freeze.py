@@ -25,8 +25,9 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-from benchmarks.harness import mqtt_fleet, start_operator, wait
+from benchmarks.harness import OPERATOR_STOP_GRACE_SECONDS, mqtt_fleet, start_operator, wait
 from module_controller.testbed import testbed
+from module_controller.testbed.kube_reads import is_ready, ready_condition
 from module_controller.testbed.process import free_port
 from tests.e2e.modules_support import deployment
 
@@ -67,11 +68,7 @@ async def main(bases_count: int, freezes: list[float]) -> None:
 
         async def pods_ready() -> set[str] | None:
             pods = (await core.list_namespaced_pod(ENV, label_selector="app=m")).items
-            ready = {
-                p.metadata.uid
-                for p in pods
-                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-            }
+            ready = {p.metadata.uid for p in pods if is_ready(p)}
             return ready if len(ready) == bases_count == len(pods) else None
 
         await wait(pods_ready, 300, f"{bases_count} Ready module pods")
@@ -105,16 +102,11 @@ async def main(bases_count: int, freezes: list[float]) -> None:
                     node = seen.get(name)
                     if node is None or node.metadata.uid != uid:
                         deleted.add(name)
-                    elif any(
-                        c.type == "Ready" and c.status != "True" for c in node.status.conditions
-                    ):
+                    elif ready_condition(node) is not None and not is_ready(node):
                         not_ready.add(name)
                 listed = (await core.list_namespaced_pod(ENV, label_selector="app=m")).items
                 for pod in listed:
-                    if pod.metadata.uid not in pods or not any(
-                        c.type == "Ready" and c.status == "True"
-                        for c in pod.status.conditions or []
-                    ):
+                    if pod.metadata.uid not in pods or not is_ready(pod):
                         pods_down.add(pod.metadata.name)
                 await asyncio.sleep(1)
             after = sum(
@@ -129,8 +121,7 @@ async def main(bases_count: int, freezes: list[float]) -> None:
                 f"/readyz now {readyz(health_port)[0]}"
             )
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        operator.stop(OPERATOR_STOP_GRACE_SECONDS)
         await fleet.stop()
         await api.close()
         testbed.down(state_dir)

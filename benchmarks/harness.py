@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,34 +10,24 @@ from pathlib import Path
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
 from module_controller.testbed import testbed
+from module_controller.testbed.operator_process import OperatorProcess, operator_environment
+
+# The benchmarks' operator serves up to 1,000 bases: more time to shut down than the demo's.
+OPERATOR_STOP_GRACE_SECONDS = 30.0
 
 
 def start_operator(
     state: testbed.TestbedState, env: str, log: Path, **settings: str
-) -> subprocess.Popen[bytes]:
-    """`module-controller run` against the testbed's cluster and broker, logging to `log`."""
+) -> OperatorProcess:
+    """`module-controller run` against the testbed's cluster and broker, logging to `log`.
+
+    Stop it with `stop(OPERATOR_STOP_GRACE_SECONDS)`."""
     assert state.kubeconfig is not None and state.broker is not None
-    broker = state.broker
-    environment = {
-        **os.environ,
-        "KUBECONFIG": state.kubeconfig,
-        "ENV": env,
-        "MQTT_BROKER": broker.host,
-        "MQTT_PORT": str(broker.port),
-        "MQTT_USERNAME": broker.username,
-        "MQTT_PASSWORD": broker.password,
-        "METRICS_PORT": "0",
-        "HEALTH_PORT": "0",
-        **settings,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "module_controller.cli", "run"],
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    operator = OperatorProcess(
+        operator_environment(state.kubeconfig, env, state.broker, settings), log
+    )
+    operator.start()
+    return operator
 
 
 def mqtt_fleet(

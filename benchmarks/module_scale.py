@@ -28,8 +28,9 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config, watch
 
-from benchmarks.harness import mqtt_fleet, start_operator, wait
+from benchmarks.harness import OPERATOR_STOP_GRACE_SECONDS, mqtt_fleet, start_operator, wait
 from module_controller.testbed import testbed
+from module_controller.testbed.kube_reads import health_taints, is_ready
 from tests.e2e.modules_support import deployment, set_modules
 
 ENV = "bench"
@@ -77,11 +78,7 @@ class PodWatch:
                         self.bound[name] = now
                         self.nodes[name] = pod.spec.node_name
                         self.images[name] = pod.spec.containers[0].image
-                    ready = any(
-                        c.type == "Ready" and c.status == "True"
-                        for c in pod.status.conditions or []
-                    )
-                    if ready and name not in self.ready:
+                    if is_ready(pod) and name not in self.ready:
                         self.ready[name] = now
 
 
@@ -103,12 +100,7 @@ async def main(bases_count: int, deployments: int) -> None:
             nodes = (
                 await core.list_node(label_selector="virtual-kubelet.koupleless.io/env=" + ENV)
             ).items
-            schedulable = [
-                n
-                for n in nodes
-                if not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
-            ]
-            return len(schedulable) == bases_count
+            return sum(1 for n in nodes if not health_taints(n)) == bases_count
 
         began = time.monotonic()
         await wait(nodes_ready, 180, f"{bases_count} Ready nodes")
@@ -174,8 +166,7 @@ async def main(bases_count: int, deployments: int) -> None:
         )
         watcher.cancel()
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        operator.stop(OPERATOR_STOP_GRACE_SECONDS)
         await fleet.stop()
         await api.close()
         testbed.down(state_dir)

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import resource
-import signal
 import ssl
 import statistics
 import subprocess
@@ -47,13 +46,16 @@ from benchmarks import harness
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
 from module_controller.testbed import testbed
+from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted
 from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.testbed.operator_process import OperatorProcess
 from module_controller.testbed.process import free_port
 
 ENV = "bench"
 SELECTOR = f"virtual-kubelet.koupleless.io/env={ENV}"
 NODE_PREFIX = "virtual-node-"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
+OPERATOR_READY_SECONDS = 60.0
 SETTLE_SECONDS = 25.0  # after the last node is Ready: first health polls and lease renewals
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -170,24 +172,6 @@ class FirstHeartbeats:
                 self.first[identity] = stamp / 1000
 
 
-def ready_condition(node: client.V1Node) -> bool:
-    """The node says Ready=True (what the operator writes)."""
-    conditions = node.status.conditions if node.status else None
-    ready = next((c for c in conditions or [] if c.type == "Ready"), None)
-    return ready is not None and ready.status == "True"
-
-
-def is_ready(node: client.V1Node) -> bool:
-    """Ready=True and no node.kubernetes.io/* taint: the lifecycle controller agrees.
-
-    The API server's TaintNodesByCondition admission taints every new node not-ready; only
-    the node-lifecycle controller lifts it, after it has seen the Ready condition.
-    """
-    taints = node.spec.taints if node.spec else None
-    health = [t for t in taints or [] if t.key.startswith("node.kubernetes.io/")]
-    return ready_condition(node) and not health
-
-
 class NodeWatch:
     """Every node of the env: whether it is Ready now, when it first was, when it was not."""
 
@@ -205,9 +189,9 @@ class NodeWatch:
         if deleted:
             self.ready.pop(name, None)
             return
-        if ready_condition(node):
+        if is_ready(node):  # what the operator writes
             self.condition_at.setdefault(name, now)
-        ready = is_ready(node)
+        ready = is_ready_and_untainted(node)  # and the node-lifecycle controller agrees
         if ready:
             self.ready_at.setdefault(name, now)
         elif self.ready.get(name):
@@ -242,50 +226,19 @@ class NodeWatch:
 # --- the operator -----------------------------------------------------------------------------
 
 
-def start_operator(state: testbed.TestbedState, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    health_port = free_port()
-    child = harness.start_operator(
+def start_operator(state: testbed.TestbedState, log: Path) -> OperatorProcess:
+    return harness.start_operator(
         state,
         ENV,
         log,
         CLIENT_ID="node-scale-benchmark",
         METRICS_PORT=str(free_port()),
-        HEALTH_PORT=str(health_port),
+        HEALTH_PORT=str(free_port()),
     )
-    return child, health_port
 
 
 def log_text(log: Path, last: int = 3000) -> str:
     return log.read_text(errors="replace")[-last:]
-
-
-def operator_ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
-async def wait_operator_ready(child: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"the operator exited ({child.returncode}):\n{log_text(log)}")
-        if await asyncio.to_thread(operator_ready, port):
-            return
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"the operator was not ready within 60s:\n{log_text(log)}")
-
-
-def stop_operator(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.send_signal(signal.SIGINT)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 # --- the rounds -------------------------------------------------------------------------------
@@ -424,7 +377,7 @@ async def run(state: testbed.TestbedState, work: Path, counts: list[int], steady
     assert state.kubeconfig and state.broker and state.admin_token
     api = await config.new_client_from_config(config_file=state.kubeconfig)
     log = work / "operator.log"
-    operator, health_port = start_operator(state, log)
+    operator = start_operator(state, log)
     fleet = Fleet(
         BaseConfig(
             name="bench",
@@ -445,7 +398,7 @@ async def run(state: testbed.TestbedState, work: Path, counts: list[int], steady
     nodes = NodeWatch(api)
     tasks = [asyncio.create_task(hearts.run()), asyncio.create_task(nodes.run())]
     try:
-        await wait_operator_ready(operator, health_port, log)
+        await asyncio.to_thread(operator.wait_ready, OPERATOR_READY_SECONDS, 0.5)
         await asyncio.wait_for(hearts.subscribed.wait(), 30)
         await asyncio.wait_for(nodes.synced.wait(), 30)
         pids = {"operator": operator.pid, "bases+benchmark": os.getpid()}
@@ -465,7 +418,7 @@ async def run(state: testbed.TestbedState, work: Path, counts: list[int], steady
             result = await measure(count, fleet, hearts, nodes, usage, operator.pid, steady_s)
             results.append(result)
             print(report(result, background), flush=True)
-            if operator.poll() is not None:
+            if not operator.alive:
                 raise RuntimeError(f"the operator died:\n{log_text(log)}")
         print(
             "\n bases | Ready p50 | Ready p99 | written p50 | written p99 | operator CPU "
@@ -487,7 +440,7 @@ async def run(state: testbed.TestbedState, work: Path, counts: list[int], steady
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await fleet.stop()
-        stop_operator(operator)
+        operator.stop(harness.OPERATOR_STOP_GRACE_SECONDS)
         await api.close()
 
 

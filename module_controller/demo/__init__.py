@@ -11,7 +11,8 @@ instead. `--once` (or `--timeout`) exits as soon as the sample's pod is Running 
 with a diagnosis when it is not in time: tests and timing runs use that.
 
 The package: `command` (the command line), `options`, `state` (what a running demo
-remembers), `view` (the live view), `runner` (the demo itself) and `cleanup`.
+remembers), `view` (the live view), `cluster_io` (what it reads from and removes in the
+cluster) and `runner` (the demo itself).
 """
 
 from module_controller.demo.command import register, run

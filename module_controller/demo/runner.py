@@ -47,10 +47,11 @@ from module_controller.demo.view import (
 )
 from module_controller.simulator.config import BaseConfig
 from module_controller.simulator.fleet import Fleet
-from module_controller.testbed import cluster, process, testbed
+from module_controller.testbed import process, testbed
 from module_controller.testbed.binaries import BuildFailed, ensure_binaries
 from module_controller.testbed.mosquitto import BrokerInfo
-from module_controller.testbed.process import ComponentFailed, ProcessRecord
+from module_controller.testbed.operator_process import OperatorProcess, operator_environment
+from module_controller.testbed.process import ComponentFailed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,8 +74,7 @@ class Demo:
         self.kubeconfig: Path | None = options.kubeconfig
         self.broker: BrokerInfo | None = options.broker
         self.kubectl_path: Path | None = None
-        self.operator: ProcessRecord | None = None
-        self.operator_child: subprocess.Popen[bytes] | None = None
+        self.operator: OperatorProcess | None = None
         self.operator_log = options.state_dir / "operator.log"
         self.fleet: Fleet | None = None
         self.api: client.ApiClient | None = None
@@ -196,32 +196,28 @@ class Demo:
     async def _start_operator(self) -> None:
         assert self.kubeconfig is not None and self.broker is not None
         metrics_port, health_port = process.free_port(), process.free_port()
-        env = dict(os.environ)
+        inherited = dict(os.environ)
         if self.testbed_dir is not None:
             # The testbed's broker has no TLS: settings from the caller's shell do not apply.
-            env = {k: v for k, v in env.items() if not k.startswith("MQTT_")}
-        env.update(
-            KUBECONFIG=str(self.kubeconfig),
-            ENV=self.options.env,
-            MQTT_BROKER=self.broker.host,
-            MQTT_PORT=str(self.broker.port),
-            MQTT_USERNAME=self.broker.username,
-            MQTT_PASSWORD=self.broker.password,
-            METRICS_PORT=str(metrics_port),
-            HEALTH_PORT=str(health_port),
+            inherited = {k: v for k, v in inherited.items() if not k.startswith("MQTT_")}
+        environment = operator_environment(
+            self.kubeconfig,
+            self.options.env,
+            self.broker,
+            {"METRICS_PORT": str(metrics_port), "HEALTH_PORT": str(health_port)},
+            inherited=inherited,
         )
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.readyz_url = f"http://127.0.0.1:{health_port}/readyz"
-        argv = [sys.executable, "-m", "module_controller.cli", "run"]
         self.operator_log.unlink(missing_ok=True)  # this run's log only
+        # In a session of its own: Ctrl-C reaches only the demo, which stops the operator
+        # after the bases said goodbye, so that their nodes are removed.
+        operator = OperatorProcess(environment, self.operator_log, own_session=True)
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.readyz_url = operator.readyz_url
         self.say(f"Starting the operator (ENV={self.options.env}); its log is {self.operator_log}.")
-        child, record = process.start("operator", argv, self.operator_log, env)
-        self.operator_child, self.operator = child, record
+        operator.start()
+        self.operator = operator
         self._save_state()
-        readiness = process.Readiness(
-            lambda: cluster.http_ok(self.readyz_url), OPERATOR_READY_TIMEOUT_SECONDS
-        )
-        await self._step(lambda: process.wait_ready(child, record, readiness))
+        await self._step(lambda: operator.wait_ready(OPERATOR_READY_TIMEOUT_SECONDS))
         self.mark("the operator was ready (connected to the cluster and the broker)")
 
     def _path(self) -> list[str]:
@@ -238,7 +234,7 @@ class Demo:
             path=self._path(),
             env=self.options.env,
             namespace=sample.namespace,
-            operator=self.operator,
+            operator=self.operator.record if self.operator else None,
             testbed_dir=str(self.testbed_dir) if self.testbed_dir else None,
         )
         path = self.options.state_dir / STATE_FILE
@@ -342,7 +338,7 @@ class Demo:
             )
 
     def _operator_exit(self) -> int | None:
-        return None if self.operator_child is None else self.operator_child.poll()
+        return None if self.operator is None else self.operator.exit_code
 
     def header(self) -> list[str]:
         assert self.broker is not None
@@ -447,8 +443,7 @@ class Demo:
             if existing and self._operator_exit() is None and self.api is not None:
                 await cluster_io.wait_nodes_gone(self.api, self.options.env)
         if self.operator is not None:
-            operator = self.operator
-            await asyncio.to_thread(lambda: process.stop(operator))
+            await asyncio.to_thread(self.operator.stop)
             stopped.append("the operator")
         if existing:
             await self._delete_leftover_nodes()

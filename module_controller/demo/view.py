@@ -12,6 +12,7 @@ from typing import Any
 
 from module_controller.demo.options import ARKLET_QUERY, BASE_NAME, BASE_VERSION
 from module_controller.settings import SEED_MODULE_LABEL
+from module_controller.testbed.kube_reads import is_ready, ready_condition
 
 # --- what the live view shows ---------------------------------------------------------------
 
@@ -200,13 +201,12 @@ def render(
 def pod_row(pod: Any) -> PodRow:
     status = pod.status
     conditions = {c.type: c for c in status.conditions or []}
-    ready = conditions.get("Ready")
     detail = ""
     if pod.metadata.deletion_timestamp is not None:
         detail = "deleting"
     else:
-        for kind in ("PodScheduled", "Ready"):
-            condition = conditions.get(kind)
+        # Why it is not Ready: not scheduled yet, else what the operator wrote on Ready.
+        for condition in (conditions.get("PodScheduled"), ready_condition(pod)):
             if condition is not None and condition.status != "True":
                 detail = ": ".join(x for x in (condition.reason, condition.message) if x)
                 break
@@ -221,14 +221,14 @@ def pod_row(pod: Any) -> PodRow:
         node=pod.spec.node_name or "",
         pod_ip=status.pod_ip or "",
         phase=status.phase or "",
-        ready=ready is not None and ready.status == "True",
+        ready=is_ready(pod),
         detail=" ".join(detail.split())[:100],
     )
 
 
 def node_row(node: Any) -> NodeRow:
     labels = node.metadata.labels or {}
-    ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+    ready = ready_condition(node)
     ip = next((a.address for a in node.status.addresses or [] if a.type == "InternalIP"), "")
     base = " ".join(labels.get(f"base.koupleless.io/{key}", "?") for key in ("name", "version"))
     return NodeRow(

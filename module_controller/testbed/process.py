@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +69,19 @@ def log_tail(log: str | Path, lines: int = 40) -> str:
 
 
 def start(
-    name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    own_session: bool = True,
 ) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
-    """Start a component in its own session, so it outlives the command that started it."""
+    """Start a component, appending its output to `log`.
+
+    In its own session by default, so it outlives the command that started it and a Ctrl-C
+    in that command's terminal does not reach it; `own_session=False` keeps it in the
+    caller's process group, where the terminal's Ctrl-C stops it together with the caller.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         child = subprocess.Popen(
@@ -79,8 +89,8 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
+            start_new_session=own_session,
+            env=None if env is None else dict(env),
         )
     ticks = _start_ticks(child.pid, zombie_too=True)
     if ticks is None:
@@ -89,7 +99,7 @@ def start(
 
 
 @dataclass
-class Readiness:
+class ReadyProbe:
     """A probe that says whether a component serves, and the budget to wait for it."""
 
     probe: Callable[[], bool]
@@ -97,12 +107,10 @@ class Readiness:
     interval: float = 0.2
 
 
-def wait_ready(
-    child: subprocess.Popen[bytes], record: ProcessRecord, readiness: Readiness
-) -> float:
+def wait_ready(child: subprocess.Popen[bytes], record: ProcessRecord, ready: ReadyProbe) -> float:
     """Wait until the probe passes; fail fast with the log tail if the process dies first."""
     began = time.monotonic()
-    deadline = began + readiness.timeout
+    deadline = began + ready.timeout
     while True:
         code = child.poll()
         if code is not None:
@@ -111,16 +119,16 @@ def wait_ready(
                 f"last lines of {record.log}:\n{log_tail(record.log)}"
             )
         try:
-            if readiness.probe():
+            if ready.probe():
                 return time.monotonic() - began
         except OSError:
             pass
         if time.monotonic() > deadline:
             raise ComponentFailed(
-                f"{record.name} was not ready after {readiness.timeout:.0f}s; "
+                f"{record.name} was not ready after {ready.timeout:.0f}s; "
                 f"last lines of {record.log}:\n{log_tail(record.log)}"
             )
-        time.sleep(readiness.interval)
+        time.sleep(ready.interval)
 
 
 def stop(record: ProcessRecord, grace: float = 10.0) -> None:

@@ -75,10 +75,10 @@ class _Starter:
         self.state_dir = state_dir
         self.records: list[process.ProcessRecord] = []
 
-    def run(self, name: str, argv: list[str], readiness: process.Readiness) -> None:
+    def run(self, name: str, argv: list[str], ready: process.ReadyProbe) -> None:
         child, record = process.start(name, argv, self.state_dir / "logs" / f"{name}.log")
         self.records.append(record)
-        seconds = process.wait_ready(child, record, readiness)
+        seconds = process.wait_ready(child, record, ready)
         log.info("%s is ready after %.1fs (pid %d)", name, seconds, record.pid)
 
     def stop_all(self) -> None:
@@ -142,7 +142,7 @@ def _start_broker(starter: _Starter, timeout: float) -> BrokerInfo:
     starter.run(
         "mosquitto",
         mosquitto.command(starter.state_dir),
-        process.Readiness(lambda: mosquitto.accepts_connections(broker), timeout),
+        process.ReadyProbe(lambda: mosquitto.accepts_connections(broker), timeout),
     )
     return broker
 
@@ -162,13 +162,13 @@ def _start_cluster(
     starter.run(
         "etcd",
         cluster.etcd_command(binaries, state_dir, ports),
-        process.Readiness(lambda: cluster.etcd_healthy(ports), timeout),
+        process.ReadyProbe(lambda: cluster.etcd_healthy(ports), timeout),
     )
     api = f"https://127.0.0.1:{ports.apiserver}"
     starter.run(
         "kube-apiserver",
         cluster.apiserver_command(binaries, state_dir, ports),
-        process.Readiness(
+        process.ReadyProbe(
             lambda: cluster.http_ok(f"{api}/readyz", credentials.admin_token), timeout
         ),
     )
@@ -177,7 +177,7 @@ def _start_cluster(
     starter.run(
         "kube-controller-manager",
         cluster.controller_manager_command(binaries, state_dir, ports, grace),
-        process.Readiness(
+        process.ReadyProbe(
             lambda: cluster.http_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz"),
             timeout,
         ),
@@ -185,7 +185,7 @@ def _start_cluster(
     starter.run(
         "kube-scheduler",
         cluster.scheduler_command(binaries, state_dir, ports),
-        process.Readiness(
+        process.ReadyProbe(
             lambda: cluster.http_ok(f"https://127.0.0.1:{ports.scheduler}/healthz"), timeout
         ),
     )

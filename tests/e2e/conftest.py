@@ -7,10 +7,6 @@ tests sharing the cluster and broker never see each other's bases or nodes.
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +19,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from module_controller.simulator.base import SimulatedBase
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.testbed.mosquitto import BrokerInfo
-from module_controller.testbed.process import log_tail
+from module_controller.testbed.operator_process import (
+    OperatorProcess,
+    operator_environment,
+)
 
 # Short timers so liveness tests take seconds; the bases beat every 2 s to match.
 OPERATOR_TIMINGS = {
@@ -38,50 +37,9 @@ OPERATOR_TIMINGS = {
     "BASE_HEARTBEAT_SECONDS": "2",
 }
 BASE_HEARTBEAT_SECONDS = 2.0
+OPERATOR_STOP_GRACE_SECONDS = 15.0
 
 _ips = (f"127.0.{third}.{fourth}" for third in itertools.count(10) for fourth in range(1, 255))
-
-
-class OperatorProcess:
-    """`module-controller run` as a child process, with its log kept for diagnosis."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.child: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.child = subprocess.Popen(
-                [sys.executable, "-m", "module_controller.cli", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def stop(self) -> None:
-        if self.child is None or self.child.poll() is not None:
-            return
-        self.child.send_signal(signal.SIGINT)
-        try:
-            self.child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.child.kill()
-            self.child.wait()
-
-    def kill(self) -> None:
-        """Die at once, as a crashed or evicted operator pod would."""
-        if self.child is not None and self.child.poll() is None:
-            self.child.kill()
-            self.child.wait()
-
-    @property
-    def alive(self) -> bool:
-        return self.child is not None and self.child.poll() is None
-
-    def tail(self, lines: int = 60) -> str:
-        return f"--- operator log ({self.log}) ---\n{log_tail(self.log, lines)}"
 
 
 class OperatorFactory(Protocol):
@@ -113,28 +71,18 @@ def run_operator(
     started: list[OperatorProcess] = []
 
     def start(broker: BrokerInfo | None = None, **settings: str) -> OperatorProcess:
-        broker = broker or mqtt_broker
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "ENV": test_env,
-            "MQTT_BROKER": broker.host,
-            "MQTT_PORT": str(broker.port),
-            "MQTT_USERNAME": broker.username,
-            "MQTT_PASSWORD": broker.password,
-            "METRICS_PORT": "0",
-            "HEALTH_PORT": "0",
-            **OPERATOR_TIMINGS,
-            **settings,
-        }
-        operator = OperatorProcess(env, tmp_path / f"operator-{len(started)}.log")
+        """Started, not yet ready: each test waits for what it needs (a node, /readyz)."""
+        environment = operator_environment(
+            kubeconfig, test_env, broker or mqtt_broker, {**OPERATOR_TIMINGS, **settings}
+        )
+        operator = OperatorProcess(environment, tmp_path / f"operator-{len(started)}.log")
         operator.start()
         started.append(operator)
         return operator
 
     yield start
     for operator in started:
-        operator.stop()
+        operator.stop(OPERATOR_STOP_GRACE_SECONDS)
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 from kubernetes_asyncio import client, watch
 
 from module_controller.simulator.base import SimulatedBase
+from module_controller.testbed.kube_reads import is_ready
 from tests.waiting import wait_for
 
 SAMPLE = Path(__file__).parents[2] / "samples" / "module-deployment.yaml"
@@ -119,45 +121,79 @@ def set_modules(template: dict[str, Any], modules: list[tuple[str, str]]) -> Non
         ] = version
 
 
-def is_ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
-
 def modules_of(base: SimulatedBase) -> dict[str, str]:
     """name:version -> state of every module on a simulated base."""
     return {biz.key: biz.state.value for biz in base.modules()}
 
 
-@dataclass
+@dataclass(frozen=True)
+class PodEvent:
+    type: str  # ADDED, MODIFIED or DELETED
+    pod: client.V1Pod
+    at: float  # time.time() when it arrived here, comparable with what a base received
+
+
 class PodHistory:
-    """Every pod event of a namespace in the order the API server produced them."""
+    """Every pod event of a namespace, in the order the API server produced them."""
 
-    events: list[tuple[int, str, client.V1Pod]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.events: list[PodEvent] = []
+        self._task: asyncio.Task[None] | None = None
 
-    def start(self, api: client.ApiClient, namespace: str) -> None:
-        self._task = asyncio.create_task(self._watch(api, namespace))
+    async def start(self) -> None:
+        """List, then watch from the list's resource version in the background.
 
-    async def _watch(self, api: client.ApiClient, namespace: str) -> None:
-        core = client.CoreV1Api(api)
-        version = (await core.list_namespaced_pod(namespace)).metadata.resource_version
+        Every change made once this returns is recorded, however long the watch takes
+        to connect: the API server replays what happened since that version.
+        """
+        listed = await self.core.list_namespaced_pod(self.namespace)
+        self._task = asyncio.create_task(self._watch(listed.metadata.resource_version))
+
+    async def _watch(self, version: str) -> None:
         while True:
             stream = watch.Watch()
             async with stream.stream(
-                core.list_namespaced_pod,
-                namespace,
+                self.core.list_namespaced_pod,
+                self.namespace,
                 resource_version=version,
                 timeout_seconds=300,
             ) as events:
                 async for event in events:
                     pod = event["object"]
                     version = pod.metadata.resource_version
-                    self.events.append((int(version), event["type"], pod))
+                    self.events.append(PodEvent(event["type"], pod, time.time()))
+
+    def of(self, name: str) -> list[PodEvent]:
+        return [event for event in self.events if event.pod.metadata.name == name]
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_inventory_polls(
+    bases: Sequence[SimulatedBase],
+    *,
+    after: float,
+    polls: int,
+    timeout: float,
+    diagnose: Callable[[], Awaitable[str]] | None = None,
+) -> None:
+    """Wait until every base has received `polls` inventory queries (queryAllBiz) since the
+    wall-clock time `after`: the operator has read what the bases run since then, and
+    acted on all but the last of those reads."""
+
+    async def polled() -> bool:
+        return all(
+            sum(1 for c in base.received("queryAllBiz") if c.at >= after) >= polls for base in bases
+        )
+
+    await wait_for(
+        polled, timeout=timeout, what=f"{polls} inventory polls of every base", diagnose=diagnose
+    )
 
 
 async def wait_pods(

@@ -14,9 +14,10 @@ import time
 import pytest
 from kubernetes_asyncio import client
 
+from module_controller.testbed.kube_reads import is_ready, ready_condition
 from module_controller.testbed.process import free_port
 from tests.e2e.conftest import BaseFactory, OperatorFactory
-from tests.e2e.modules_support import deployment, is_ready, manifest, wait_pods
+from tests.e2e.modules_support import deployment, manifest, wait_pods
 from tests.e2e.test_observability import fetch, sample
 from tests.private_broker import PrivateBroker
 from tests.waiting import wait_for
@@ -77,16 +78,20 @@ async def test_a_frozen_broker_deletes_no_node_and_touches_no_module(
     readyz_seen: list[str] = []
 
     async def watch_truth() -> None:
-        """Every half second: every node there, Ready, the same; every pod Ready, the same."""
+        """Every half second: every node there, Ready, the same; every pod Ready, the same.
+
+        It runs through the freeze and after the thaw, so its sleep is the period of
+        what it looks at, not a wait for something to happen."""
         while True:
             for name in node_names:
                 nodes = await core.list_node(field_selector=f"metadata.name={name}")
                 if not nodes.items or nodes.items[0].metadata.uid != node_uids[name]:
                     problems.append(f"node {name} deleted or replaced")
                     continue
-                ready = next(c for c in nodes.items[0].status.conditions if c.type == "Ready")
-                if ready.status != "True":
-                    problems.append(f"node {name} went {ready.status}: {ready.message}")
+                ready = ready_condition(nodes.items[0])
+                if not is_ready(nodes.items[0]):
+                    state = f"{ready.status}: {ready.message}" if ready else "without Ready"
+                    problems.append(f"node {name} went {state}")
             found = (await core.list_namespaced_pod(namespace, label_selector="app=frozen")).items
             if {p.metadata.uid for p in found} != pod_uids:
                 problems.append(f"pods replaced: {[p.metadata.name for p in found]}")
@@ -110,6 +115,7 @@ async def test_a_frozen_broker_deletes_no_node_and_touches_no_module(
         metrics = fetch(metrics_port, "/metrics")[1]
         assert sample(metrics, "module_controller_mqtt_broker_delivering") == 0
         assert (sample(metrics, "module_controller_mqtt_broker_suspect_total") or 0) >= 1
+        # The broker stays frozen for FREEZE_SECONDS whatever happens: that is the fault.
         await asyncio.sleep(max(0.0, FREEZE_SECONDS - (time.monotonic() - frozen_at)))
         private_broker.thaw()
 
@@ -121,7 +127,8 @@ async def test_a_frozen_broker_deletes_no_node_and_touches_no_module(
         )
         for base in bases:
             await base.wait_connected(timeout=30)
-        # A few heartbeat periods after the thaw: still nothing may have changed.
+        # A few heartbeat periods after the thaw: still nothing may have changed. A
+        # deliberate wait, for watch_truth to show that nothing happens.
         await asyncio.sleep(6)
     finally:
         watcher.cancel()

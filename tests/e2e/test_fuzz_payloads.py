@@ -31,11 +31,12 @@ from kubernetes_asyncio import client
 
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.testbed.kube_reads import is_ready_and_untainted
 from module_controller.testbed.mosquitto import BrokerInfo
 from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat
 from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS, MessageDecoder
 from tests.e2e.conftest import BaseFactory, OperatorFactory
-from tests.e2e.test_node_scale import describe_node, is_ready
+from tests.e2e.test_node_scale import describe_node
 from tests.e2e.test_nodes import Cluster, node_name
 from tests.fuzzing import (
     broken_payloads,
@@ -206,7 +207,7 @@ async def test_hostile_payloads_leave_the_operator_up_and_every_node_valid(
 
     async def converged() -> dict[str, client.V1Node] | None:
         seen = await nodes()
-        ready = {name for name, node in seen.items() if is_ready(node)}
+        ready = {name for name, node in seen.items() if is_ready_and_untainted(node)}
         return seen if set(seen) == expected and ready == expected else None
 
     async def diagnose() -> str:
@@ -216,7 +217,7 @@ async def test_hostile_payloads_leave_the_operator_up_and_every_node_valid(
                 f"{len(messages)} messages published in {published_s:.1f}s {replay}",
                 f"absent: {sorted(expected - set(seen))}",
                 f"unexpected: {sorted(set(seen) - expected)}",
-                *(describe_node(n) for n in seen.values() if not is_ready(n)),
+                *(describe_node(n) for n in seen.values() if not is_ready_and_untainted(n)),
                 f"operator alive={operator.alive}",
                 operator.tail(),
             ]

@@ -14,26 +14,28 @@ import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.protocol import BizModel
 from module_controller.simulator.base import SimulatedBase
 from module_controller.simulator.jars import write_module_jar
+from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted, ready_condition
+from module_controller.testbed.operator_process import OperatorProcess
 from module_controller.testbed.process import free_port
-from tests.e2e.conftest import BaseFactory, OperatorFactory, OperatorProcess
+from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.modules_support import (
+    PodHistory,
     bare_pod,
     deployment,
-    is_ready,
     manifest,
     modules_of,
     pod_template,
+    wait_inventory_polls,
     wait_pods,
 )
 from tests.waiting import wait_for
@@ -41,16 +43,10 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
 
 UPGRADE_ANNOTATION = "module-controller.koupleless.io/upgrade"
-
-
-@dataclass
-class Seen:
-    """Every pod event of a namespace as it arrived, with the time it arrived."""
-
-    events: list[tuple[float, client.V1Pod]] = field(default_factory=list)
-
-    def of(self, name: str) -> list[tuple[float, client.V1Pod]]:
-        return [(at, p) for at, p in self.events if p.metadata.name == name]
+# The scene's operator: each base is asked what it runs every 2 s; a module nobody asks
+# for is removed 5 s after being seen.
+INVENTORY_POLL_SECONDS = 2
+ORPHAN_GRACE_SECONDS = 5
 
 
 class Scene:
@@ -66,7 +62,7 @@ class Scene:
         self.operator = operator
         self.metrics_port = metrics_port
         self.base: SimulatedBase | None = None
-        self.seen = Seen()
+        self.history = PodHistory(api, namespace)
 
     @property
     def node(self) -> str:
@@ -86,6 +82,16 @@ class Scene:
     async def describe(self) -> str:
         assert self.base is not None
         return f"base {self.node}: {self.base.describe()}\n{self.operator.tail(40)}"
+
+    async def polled(self, *, after: float, polls: int) -> None:
+        """The base was asked for its modules `polls` times since `after` (time.time(),
+        possibly still to come)."""
+        assert self.base is not None
+        # Until `after`, then the polls, with room for a slow machine.
+        timeout = max(0.0, after - time.time()) + polls * INVENTORY_POLL_SECONDS + 15
+        await wait_inventory_polls(
+            [self.base], after=after, polls=polls, timeout=timeout, diagnose=self.describe
+        )
 
     async def pods(self, selector: str, check: Any, what: str, timeout: float = 40) -> Any:
         return await wait_pods(
@@ -110,21 +116,6 @@ class Scene:
         assert match is not None, "the operator exports module_controller_pod_status_writes_total"
         return float(match.group(1))
 
-    async def watch_pods(self) -> None:
-        version = (await self.core.list_namespaced_pod(self.namespace)).metadata.resource_version
-        while True:
-            stream = watch.Watch()
-            async with stream.stream(
-                self.core.list_namespaced_pod,
-                self.namespace,
-                resource_version=version,
-                timeout_seconds=300,
-            ) as events:
-                async for event in events:
-                    pod = event["object"]
-                    version = pod.metadata.resource_version
-                    self.seen.events.append((time.time(), pod))
-
 
 @contextlib.asynccontextmanager
 async def open_scene(
@@ -137,8 +128,8 @@ async def open_scene(
     port = free_port()
     operator = run_operator(
         METRICS_PORT=str(port),
-        INVENTORY_POLL_SECONDS="2",
-        ORPHAN_GRACE_SECONDS="5",
+        INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
+        ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
         INSTALL_RETRY_SECONDS="1",
         INSTALL_RETRY_MAX_SECONDS="4",
     )
@@ -150,16 +141,14 @@ async def open_scene(
             node = await made.core.read_node(made.node)
         except ApiException:
             return False
-        return not any(t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or [])
+        return is_ready_and_untainted(node)
 
     await wait_for(node_ready, timeout=40, what="the base's node Ready", diagnose=made.describe)
-    task = asyncio.create_task(made.watch_pods())
-    await asyncio.sleep(0.5)  # the watch is established
+    await made.history.start()
     try:
         yield made
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await made.history.stop()
 
 
 @pytest.fixture
@@ -197,10 +186,6 @@ def module_pod(name: str, env: str, module: str, version: str, url: str) -> dict
     return bare_pod(name, template)
 
 
-def ready_condition(pod: client.V1Pod) -> client.V1PodCondition | None:
-    return next((c for c in pod.status.conditions or [] if c.type == "Ready"), None)
-
-
 def ready_message(pod: client.V1Pod) -> str:
     ready = ready_condition(pod)
     assert ready is not None, f"pod {pod.metadata.name} has no Ready condition"
@@ -209,13 +194,11 @@ def ready_message(pod: client.V1Pod) -> str:
 
 def shows_ready_anywhere(pod: client.V1Pod) -> bool:
     """What kubectl counts: any condition or container of the pod ready."""
-    conditions = {c.type: c.status for c in pod.status.conditions or []}
-    containers = pod.status.container_statuses or []
-    return (
-        conditions.get("Ready") == "True"
-        or conditions.get("ContainersReady") == "True"
-        or any(c.ready for c in containers)
+    containers_ready = any(
+        c.type == "ContainersReady" and c.status == "True" for c in pod.status.conditions or []
     )
+    containers = pod.status.container_statuses or []
+    return is_ready(pod) or containers_ready or any(c.ready for c in containers)
 
 
 async def test_failed_installs_back_off_say_why_and_never_mark_another_version_ready(
@@ -251,7 +234,8 @@ async def test_failed_installs_back_off_say_why_and_never_mark_another_version_r
     )
     assert not shows_ready_anywhere(mismatched)
 
-    # A window in which nothing changes but the retries.
+    # A window in which nothing changes but the retries. A deliberate wait: what is measured
+    # is how many retries a stretch of time holds, and that the pods stay as they are.
     versions = {p.metadata.name: p.metadata.resource_version for p in (failing, mismatched)}
     before = len(scene.commands("biz1"))
     window = 20.0
@@ -277,7 +261,7 @@ async def test_failed_installs_back_off_say_why_and_never_mark_another_version_r
     assert biz2[1][1]["bizVersion"] == "0.0.1"
     assert scene.base is not None
     assert "biz2:0.0.1" not in modules_of(scene.base)
-    assert all(not shows_ready_anywhere(p) for _, p in scene.seen.of("mismatch")), (
+    assert all(not shows_ready_anywhere(e.pod) for e in scene.history.of("mismatch")), (
         "never Ready on a version that was not installed"
     )
 
@@ -301,18 +285,21 @@ async def test_kubectl_truth_and_no_patch_at_rest(scene: Scene, test_env: str) -
         return len(pods) == 1 and is_ready(pods[0]) and pods[0].metadata.name != old.metadata.name
 
     [new] = await scene.pods(f"app={name}", updated, "2.0.0 Ready alone", timeout=60)
-    old_events = scene.seen.of(old.metadata.name)
-    for _, pod in old_events:
-        ready = ready_condition(pod)
+    old_events = scene.history.of(old.metadata.name)
+    for event in old_events:
+        ready = ready_condition(event.pod)
         if ready is not None and ready.status == "False":
-            assert not shows_ready_anywhere(pod), "Ready False but kubectl would show 1/1"
-    old_out = next(at for at, p in old_events if not shows_ready_anywhere(p))
-    new_in = next(at for at, p in scene.seen.of(new.metadata.name) if is_ready(p))
+            assert not shows_ready_anywhere(event.pod), "Ready False but kubectl would show 1/1"
+    old_out = next(e.at for e in old_events if not shows_ready_anywhere(e.pod))
+    new_in = next(e.at for e in scene.history.of(new.metadata.name) if is_ready(e.pod))
     assert old_out <= new_in, "the old pod goes 0/1 before the new one is Ready"
 
-    await asyncio.sleep(3)  # the last writes and polls of the update are done
+    # The update is over once the operator has read the base's modules since, and acted on
+    # that read: two polls.
+    await scene.polled(after=time.time(), polls=2)
     first = scene.status_writes()
-    await asyncio.sleep(20)  # ten inventory polls with nothing new
+    # A deliberate wait, to show that nothing is written: ten inventory polls with nothing new.
+    await asyncio.sleep(10 * INVENTORY_POLL_SECONDS)
     at_rest = scene.status_writes() - first
     print(f"\npod status PATCHes at rest in 20 s: {at_rest:.0f}")
     assert at_rest == 0
@@ -324,9 +311,9 @@ async def test_kubectl_truth_and_no_patch_at_rest(scene: Scene, test_env: str) -
     async def marked() -> client.V1Pod | None:
         return next(
             (
-                p
-                for _, p in scene.seen.of(new.metadata.name)
-                if (ready_condition(p) or client.V1PodCondition(type="", status="")).reason
+                e.pod
+                for e in scene.history.of(new.metadata.name)
+                if (ready_condition(e.pod) or client.V1PodCondition(type="", status="")).reason
                 == "BaseGone"
             ),
             None,
@@ -347,18 +334,22 @@ async def test_a_deleted_pod_replaced_on_the_same_base_keeps_its_module(
         scene.namespace, manifest(deployment(name, test_env, 1, [("biz1", "1.0.0")]))
     )
     [old] = await scene.pods(f"app={name}", lambda p: len(p) == 1 and is_ready(p[0]), "Ready")
+    deleted_at = time.time()
     await scene.core.delete_namespaced_pod(old.metadata.name, scene.namespace)
 
     def replaced(pods: list[client.V1Pod]) -> bool:
         return len(pods) == 1 and pods[0].metadata.name != old.metadata.name and is_ready(pods[0])
 
     [new] = await scene.pods(f"app={name}", replaced, "the replacement Ready", timeout=40)
-    await asyncio.sleep(3)  # a poll and a grace period later
+    # Between the delete and the replacement the module had no pod. Two polls once a grace
+    # period after the delete is over: had the operator taken it for an orphan, it would have
+    # uninstalled it by then.
+    await scene.polled(after=deleted_at + ORPHAN_GRACE_SECONDS, polls=2)
     assert [c for c, _ in scene.commands("biz1")] == ["installBiz"], "never uninstalled"
     assert scene.base is not None
     assert modules_of(scene.base) == {"biz1:1.0.0": "ACTIVATED"}
-    old_out = next(at for at, p in scene.seen.of(old.metadata.name) if not is_ready(p))
-    new_in = next(at for at, p in scene.seen.of(new.metadata.name) if is_ready(p))
+    old_out = next(e.at for e in scene.history.of(old.metadata.name) if not is_ready(e.pod))
+    new_in = next(e.at for e in scene.history.of(new.metadata.name) if is_ready(e.pod))
     assert old_out <= new_in, "the deleted pod went NotReady before its replacement was Ready"
 
     # Two replicas on one base share one module instance, and are told so.
@@ -428,6 +419,6 @@ async def test_replacing_a_module_on_its_base_keeps_the_seeds_order(
     [seen_then] = old_pod_when_uninstalled
     assert not shows_ready_anywhere(seen_then), "the old pod was 0/1 before the uninstall"
     reinstalled_at = modules[2][2]
-    new_in = next(at for at, p in scene.seen.of(new.metadata.name) if is_ready(p))
+    new_in = next(e.at for e in scene.history.of(new.metadata.name) if is_ready(e.pod))
     assert new_in >= reinstalled_at, "the new pod Ready only once its own module was installed"
     assert modules_of(scene.base) == {f"biz1:{version}": "ACTIVATED"}

@@ -7,8 +7,8 @@ own bases (a private ENV and a node selector), except the seed's sample, applied
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -16,23 +16,30 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.simulator.base import SimulatedBase
-from tests.e2e.conftest import BaseFactory, OperatorFactory, OperatorProcess
+from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted, ready_condition
+from module_controller.testbed.operator_process import OperatorProcess
+from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.modules_support import (
     PodHistory,
     bare_pod,
     daemon_set,
     deployment,
-    is_ready,
     manifest,
     modules_of,
     pod_template,
     sample_deployment,
     set_modules,
+    wait_inventory_polls,
     wait_pods,
 )
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
+
+# The scene's operator: modules nobody asks for are removed 5 s after being seen; each base
+# is asked what it runs every 3 s.
+ORPHAN_GRACE_SECONDS = 5
+INVENTORY_POLL_SECONDS = 3
 
 
 class Scene:
@@ -70,8 +77,7 @@ class Scene:
                     node = await self.core.read_node(self.node_of(base))
                 except ApiException:
                     return False
-                taints = [t.key for t in node.spec.taints or []]
-                if any(t.startswith("node.kubernetes.io/") for t in taints):
+                if not is_ready_and_untainted(node):
                     return False
             return True
 
@@ -82,6 +88,15 @@ class Scene:
     ) -> list[client.V1Pod]:
         return await wait_pods(
             self.core, self.namespace, selector, check, what, timeout, self.describe
+        )
+
+    async def polled(self, *, after: float, polls: int) -> None:
+        """Every base was asked for its modules `polls` times since `after` (time.time(),
+        possibly still to come)."""
+        # Until `after`, then the polls, with room for a slow machine.
+        timeout = max(0.0, after - time.time()) + polls * INVENTORY_POLL_SECONDS + 15
+        await wait_inventory_polls(
+            self.bases, after=after, polls=polls, timeout=timeout, diagnose=self.describe
         )
 
     async def modules_everywhere(self, expected: dict[str, dict[str, str]]) -> None:
@@ -107,7 +122,9 @@ async def scene(
     count = marker.args[0] if marker else 3
     extra = request.node.get_closest_marker("operator_settings")
     operator = run_operator(
-        ORPHAN_GRACE_SECONDS="5", INVENTORY_POLL_SECONDS="3", **(extra.kwargs if extra else {})
+        ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
+        INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
+        **(extra.kwargs if extra else {}),
     )
     bases = [await start_base() for _ in range(count)]
     scene = Scene(k8s_api, namespace, operator, bases)
@@ -213,9 +230,8 @@ async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env
     old_by_node = {p.spec.node_name: p.metadata.name for p in old}
     assert len(old_by_node) == 3, "one old pod per base"
 
-    history = PodHistory()
-    history.start(scene.api, scene.namespace)
-    await asyncio.sleep(0.5)  # the watch is established
+    history = PodHistory(scene.api, scene.namespace)
+    await history.start()
     set_modules(body["spec"]["template"], [("biz1", "2.0.0")])
     await scene.apps.replace_namespaced_deployment(name, scene.namespace, manifest(body))
 
@@ -231,21 +247,17 @@ async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env
     )
     await history.stop()
 
-    events = history.events
+    pods_seen = [event.pod for event in history.events]  # in the API server's order
     for pod in new:
         node = pod.spec.node_name
         old_name = old_by_node[node]
         new_ready = next(
             i
-            for i, (_, _, p) in enumerate(events)
+            for i, p in enumerate(pods_seen)
             if p.metadata.name == pod.metadata.name and is_ready(p)
         )
         old_not_ready = next(
-            (
-                i
-                for i, (_, _, p) in enumerate(events)
-                if p.metadata.name == old_name and not is_ready(p)
-            ),
+            (i for i, p in enumerate(pods_seen) if p.metadata.name == old_name and not is_ready(p)),
             None,
         )
         assert old_not_ready is not None and old_not_ready < new_ready, (
@@ -255,7 +267,7 @@ async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env
         deleted = next(
             (
                 p
-                for _, _, p in events
+                for p in pods_seen
                 if p.metadata.name == old_name and p.metadata.deletion_timestamp is not None
             ),
             None,
@@ -387,11 +399,18 @@ async def test_a_module_for_a_new_base_version_waits_for_such_bases(
         scene.namespace,
         deployment(name, test_env, 2, [("biz1", "2.0.0")], base_version="2.0.0", spread=True),
     )
-    pods = await scene.pods(f"app={name}", lambda p: len(p) == 2, "2 pods created")
-    await asyncio.sleep(3)
-    pods = (
-        await scene.core.list_namespaced_pod(scene.namespace, label_selector=f"app={name}")
-    ).items
+
+    def unschedulable(pods: list[client.V1Pod]) -> bool:
+        """The scheduler tried each pod and found no node for it."""
+        return len(pods) == 2 and all(
+            any(
+                c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                for c in p.status.conditions or []
+            )
+            for p in pods
+        )
+
+    pods = await scene.pods(f"app={name}", unschedulable, "2 pods the scheduler cannot place")
     assert all(p.spec.node_name is None for p in pods), "no base of 2.0.0 exists yet"
     assert modules_of(scene.bases[0]) == {}
     scene.bases += [await start_base(version="2.0.0") for _ in range(2)]
@@ -450,9 +469,12 @@ async def test_recreating_a_pod_of_the_same_version_never_uninstalls_it(
     await scene.pods("app=again", all_ready(2), "both pods Ready (one shared install)")
     base = scene.bases[0]
     assert len(base.received("installBiz")) == 1, "two pods share one install"
+    deleted_at = time.time()
     await scene.core.delete_namespaced_pod("first", scene.namespace)
     await scene.pods("app=again", all_ready(1), "only the second pod left")
-    await asyncio.sleep(4)  # an inventory poll and an orphan check have passed
+    # Two polls since the delete: the operator compared the base's modules with the pods
+    # left at least once; a wrong uninstall would have been sent by then.
+    await scene.polled(after=deleted_at, polls=2)
     assert base.received("uninstallBiz") == []
     assert modules_of(base) == {"biz1:1.0.0": "ACTIVATED"}
     await scene.core.delete_namespaced_pod("second", scene.namespace)
@@ -478,12 +500,13 @@ async def test_broken_module_pods_say_what_is_wrong_and_send_nothing(
     await scene.core.create_namespaced_pod(scene.namespace, manifest(pod))
 
     def explained(pods: list[client.V1Pod]) -> bool:
-        conditions = {c.type: c for c in pods[0].status.conditions or []} if pods else {}
-        ready = conditions.get("Ready")
+        ready = ready_condition(pods[0]) if pods else None
         return ready is not None and ready.reason == "InvalidModuleSpec"
 
     pods = await scene.pods("app=broken", explained, "the pod's status to explain")
-    message = next(c.message for c in pods[0].status.conditions if c.type == "Ready")
+    ready = ready_condition(pods[0])
+    assert ready is not None
+    message = ready.message
     assert "BIZ_VERSION" in message and "not a URL" in message, message
 
     async def warned() -> bool:
@@ -509,7 +532,10 @@ async def test_a_restarted_operator_sends_nothing_and_changes_no_status(
     versions = {p.metadata.name: p.metadata.resource_version for p in before}
     scene.operator.stop()
     commands = {b.identity: len(b.received()) for b in scene.bases}
-    scene.operator = run_operator(ORPHAN_GRACE_SECONDS="5", INVENTORY_POLL_SECONDS="3")
+    scene.operator = run_operator(
+        ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
+        INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
+    )
 
     async def polled_twice() -> bool:
         return all(len(b.received("queryAllBiz")) >= 2 for b in scene.bases) and all(
@@ -523,7 +549,9 @@ async def test_a_restarted_operator_sends_nothing_and_changes_no_status(
         what="the new operator to read the inventories",
         diagnose=scene.describe,
     )
-    await asyncio.sleep(7)  # past an orphan grace period and two more polls
+    # Two polls once an orphan grace period is over: had the new operator taken the
+    # modules for orphans, it would have uninstalled them by then.
+    await scene.polled(after=time.time() + ORPHAN_GRACE_SECONDS, polls=2)
     for base in scene.bases:
         since = [c.command for c in list(base.received())[commands[base.identity] :]]
         assert "installBiz" not in since and "uninstallBiz" not in since, since

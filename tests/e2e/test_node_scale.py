@@ -8,9 +8,10 @@ from kubernetes_asyncio import client
 from module_controller.simulator.base import SimulatedBase
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
+from module_controller.testbed.kube_reads import is_ready_and_untainted, ready_condition
 from module_controller.testbed.mosquitto import BrokerInfo
 from tests.e2e.conftest import BASE_HEARTBEAT_SECONDS, OperatorFactory
-from tests.e2e.test_nodes import Cluster, ready_condition, taint_keys
+from tests.e2e.test_nodes import Cluster, taint_keys
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
@@ -18,13 +19,6 @@ pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
 BASES = 50
 # Addresses of their own, away from the e2e fixture's 127.0.10.x and up.
 FIRST_IP = "127.0.200.1"
-
-
-def is_ready(node: client.V1Node) -> bool:
-    """Ready=True and no node.kubernetes.io/* taint (the lifecycle controller agrees)."""
-    condition = ready_condition(node)
-    health_taints = [t for t in taint_keys(node) if t.startswith("node.kubernetes.io/")]
-    return condition is not None and condition.status == "True" and not health_taints
 
 
 def describe_node(node: client.V1Node) -> str:
@@ -69,13 +63,15 @@ async def test_fifty_bases_online_together_become_fifty_ready_nodes(
 
         async def all_ready() -> dict[str, client.V1Node] | None:
             seen = await nodes()
-            ready = {name for name, node in seen.items() if is_ready(node)}
+            ready = {name for name, node in seen.items() if is_ready_and_untainted(node)}
             return seen if ready == set(by_name) and set(seen) == set(by_name) else None
 
         async def diagnose() -> str:
             seen = await nodes()
             absent = sorted(set(by_name) - set(seen))
-            not_ready = [describe_node(n) for name, n in sorted(seen.items()) if not is_ready(n)]
+            not_ready = [
+                describe_node(n) for _, n in sorted(seen.items()) if not is_ready_and_untainted(n)
+            ]
             strangers = sorted(set(seen) - set(by_name))
             connected = sum(1 for base in fleet.bases if base.connected)
             return "\n".join(
@@ -95,14 +91,28 @@ async def test_fifty_bases_online_together_become_fifty_ready_nodes(
             all_ready, timeout=60, what=f"{BASES} Ready nodes", diagnose=diagnose, interval=1
         )
 
-        # Each node carries its own base's address, and each has its own Lease.
+        # Each node carries its own base's address, and each has its own Lease (which the
+        # operator may write just after its node).
         for name, node in seen.items():
             addresses = {a.type: a.address for a in node.status.addresses}
             assert addresses["InternalIP"] == by_name[name].config.ip, describe_node(node)
-        leases = await cluster.coordination.list_namespaced_lease(
-            "kube-node-lease", label_selector=selector
+
+        async def lease_names() -> set[str]:
+            leases = await cluster.coordination.list_namespaced_lease(
+                "kube-node-lease", label_selector=selector
+            )
+            return {lease.metadata.name for lease in leases.items}
+
+        async def every_lease() -> bool:
+            return await lease_names() == set(by_name)
+
+        async def missing_leases() -> str:
+            names = await lease_names()
+            return f"no Lease for {sorted(set(by_name) - names)}; strangers {names - set(by_name)}"
+
+        await wait_for(
+            every_lease, timeout=15, what=f"{BASES} Leases, one per node", diagnose=missing_leases
         )
-        assert {lease.metadata.name for lease in leases.items} == set(by_name)
         assert operator.alive, operator.tail()
     finally:
         await fleet.stop()

@@ -9,9 +9,10 @@ import urllib.request
 import pytest
 from kubernetes_asyncio import client
 
+from module_controller.testbed.kube_reads import is_ready
 from module_controller.testbed.process import free_port
 from tests.e2e.conftest import BaseFactory, OperatorFactory
-from tests.e2e.modules_support import bare_pod, is_ready, manifest, pod_template, wait_pods
+from tests.e2e.modules_support import bare_pod, manifest, pod_template, wait_pods
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")

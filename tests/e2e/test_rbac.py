@@ -21,7 +21,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from module_controller.protocol.states import BizState
 from module_controller.settings import SEED_MODULE_LABEL
 from module_controller.simulator.base import SimulatedBase
-from tests.e2e.conftest import BaseFactory, OperatorFactory, OperatorProcess
+from module_controller.testbed.operator_process import OperatorProcess
+from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.test_nodes import Cluster, node_name
 from tests.waiting import wait_for
 

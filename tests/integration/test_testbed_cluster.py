@@ -20,6 +20,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.testbed.binaries import KUBERNETES_VERSION
+from module_controller.testbed.kube_reads import ready_condition
 from tests.waiting import wait_for
 
 VIRTUAL_NODE_TAINT = client.V1Taint(
@@ -112,19 +113,12 @@ async def _renew_lease_forever(api: client.ApiClient, node: str, every: float) -
         )
 
 
-def _condition(node: client.V1Node, kind: str) -> client.V1NodeCondition | None:
-    for condition in node.status.conditions or []:
-        if condition.type == kind:
-            return condition
-    return None
-
-
 def _taint_keys(node: client.V1Node) -> set[str]:
     return {f"{t.key}:{t.effect}" for t in node.spec.taints or []}
 
 
 def _describe_node(node: client.V1Node) -> str:
-    ready = _condition(node, "Ready")
+    ready = ready_condition(node)
     return (
         f"node {node.metadata.name}: Ready={ready.status if ready else None} "
         f"({ready.reason if ready else ''}), taints={sorted(_taint_keys(node))}"
@@ -230,7 +224,7 @@ async def test_node_lifecycle_marks_a_silent_node_unreachable_and_keeps_a_leased
 
         async def silent_is_unreachable() -> bool:
             node = await core.read_node(silent)
-            ready = _condition(node, "Ready")
+            ready = ready_condition(node)
             return (
                 ready is not None
                 and ready.status == "Unknown"
@@ -251,7 +245,7 @@ async def test_node_lifecycle_marks_a_silent_node_unreachable_and_keeps_a_leased
         # Past the grace period, and one more monitor period for good measure.
         await asyncio.sleep(6)
         node = await core.read_node(leased)
-        ready = _condition(node, "Ready")
+        ready = ready_condition(node)
         assert ready is not None and ready.status == "True", _describe_node(node)
         assert not any("unreachable" in key for key in _taint_keys(node)), _describe_node(node)
     finally:

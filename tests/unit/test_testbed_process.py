@@ -19,7 +19,7 @@ def test_a_component_that_dies_fails_fast_with_its_log_tail(tmp_path: Path) -> N
     )
     began = time.monotonic()
     with pytest.raises(process.ComponentFailed) as failure:
-        process.wait_ready(child, record, process.Readiness(lambda: False, timeout=30))
+        process.wait_ready(child, record, process.ReadyProbe(lambda: False, timeout=30))
     assert time.monotonic() - began < 10, "a dead component must not use the whole budget"
     assert "exited with code 3" in str(failure.value)
     assert "address already in use" in str(failure.value)
@@ -32,7 +32,7 @@ def test_a_component_that_never_gets_ready_times_out_with_its_log_tail(tmp_path:
     try:
         with pytest.raises(process.ComponentFailed) as failure:
             process.wait_ready(
-                child, record, process.Readiness(lambda: False, timeout=0.5, interval=0.05)
+                child, record, process.ReadyProbe(lambda: False, timeout=0.5, interval=0.05)
             )
         assert "not ready after" in str(failure.value)
         assert "still warming up" in str(failure.value)
@@ -73,7 +73,7 @@ def test_readiness_probe_errors_count_as_not_ready_yet(tmp_path: Path) -> None:
         "server", [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "server.log"
     )
     try:
-        process.wait_ready(child, record, process.Readiness(probe, timeout=10, interval=0.01))
+        process.wait_ready(child, record, process.ReadyProbe(probe, timeout=10, interval=0.01))
         assert len(attempts) == 3
     finally:
         process.stop(record)
