@@ -10,6 +10,7 @@ a slow API server or broker delays the work, never the reading of what bases say
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from module_controller.inbox import Inbox, ModulePodChanged, NodeDeleted, OperatorEvent, Tick
@@ -37,6 +38,8 @@ from module_controller.tunnels.mqtt import probe_topic
 from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 100
 
 _RECEIVED_KIND: dict[type, MqttReceivedKind] = {
     BaseHeartbeat: "heart",
@@ -74,9 +77,20 @@ class Dispatcher:
         self._probe_denied_told = False
 
     async def run(self, inbox: Inbox) -> None:
-        """Apply the inbox's events in order, for ever."""
+        """Apply the inbox's events in order, for ever. A bug in applying one event costs
+        that event (logged with its trace), not the operator."""
+        applied = 0
         while True:
-            self.dispatch(await inbox.get())
+            event = await inbox.get()
+            try:
+                self.dispatch(event)
+            except Exception:
+                log.exception("Applying %s failed; the event is dropped.", type(event).__name__)
+            applied += 1
+            if applied % YIELD_EVERY == 0:
+                # get() does not suspend while events wait: let the workers, the reader and
+                # /healthz run during a long backlog.
+                await asyncio.sleep(0)
 
     async def stop(self) -> None:
         await self.retirements.stop()

@@ -2,8 +2,9 @@
 
 The MQTT tunnel, the Kopf watch handlers and the liveness clock put events here; the
 dispatcher takes them out one at a time. The queue is bounded: when it is full, whoever
-puts waits (the MQTT reader stops reading, the broker buffers), and a metric and a log line
-say so. No event is dropped here: a base's install answer matters as much as a heartbeat.
+puts waits, and a metric and a log line say so. No event is dropped here: a base's install
+answer matters as much as a heartbeat. The MQTT reader waiting means the tunnel stops
+acknowledging, so the broker holds what bases send (see tunnels/mqtt.py).
 """
 
 from __future__ import annotations

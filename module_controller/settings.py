@@ -156,8 +156,10 @@ class Settings(BaseSettings):
     event_queue_size: int = Field(
         default=10_000,
         ge=10,
-        description="Events (base messages, pod changes) that may wait for the dispatcher; "
-        "when full, the MQTT reader waits (a metric and a log line say so), nothing is lost.",
+        description="Events (base messages, pod changes) that may wait for the dispatcher, "
+        "and messages the MQTT client may hold. When full, the reader waits and stops "
+        "acknowledging, so the broker holds messages; what the client still cannot hold "
+        "is dropped, counted (client_queue_full) and logged.",
     )
     inventory_poll_seconds: float = Field(
         default=15, gt=0, description="How often each base is asked for its full module list."

@@ -20,7 +20,7 @@ from module_controller import naming
 from module_controller.modules.spec import pod_modules
 from module_controller.protocol import BaseStatus, BizModel
 from module_controller.settings import Settings
-from module_controller.tasks import BackgroundTasks
+from module_controller.tasks import BackgroundTasks, cancel_and_wait
 from module_controller.tunnels.events import BaselineQuery
 from module_controller.vnode_manifest import node_labels
 
@@ -115,8 +115,9 @@ class BaselineAnswers:
     """Answers the bases' baseline queries, off the dispatcher's path.
 
     Bounded: at most CONCURRENT_ANSWERS at once and one waiting answer per base (a base
-    that asks again while waiting gets one answer, to its latest query); every query that
-    arrives while a Deployment list is in flight shares that list instead of its own.
+    that asks again while waiting gets one answer, to its latest query). Answers share
+    Deployment lists, but never one that started before their query: it could miss a
+    Deployment made just before the base asked.
     """
 
     def __init__(
@@ -125,28 +126,29 @@ class BaselineAnswers:
         self.settings = settings
         self._list_deployments = list_deployments
         self._send = send
-        self._waiting: dict[str, BaselineQuery] = {}
+        self._waiting: dict[str, tuple[BaselineQuery, float]] = {}  # with when it was asked
         self._slots = asyncio.Semaphore(CONCURRENT_ANSWERS)
         self._listing: asyncio.Task[list[dict[str, Any]]] | None = None
+        self._listing_started = 0.0
         self.tasks = BackgroundTasks("baseline")
         self.deployment_lists = 0  # how many lists were made (for tests and debugging)
 
     def answer(self, query: BaselineQuery) -> None:
         """Answer soon; returns at once."""
         already_waiting = query.identity in self._waiting
-        self._waiting[query.identity] = query
+        self._waiting[query.identity] = (query, asyncio.get_running_loop().time())
         if not already_waiting:
             self.tasks.spawn(self._answer(query.identity), f"baseline-{query.identity}")
 
     async def stop(self) -> None:
         await self.tasks.stop()
         if self._listing is not None:
-            self._listing.cancel()
+            await cancel_and_wait([self._listing])
 
     async def _answer(self, identity: str) -> None:
         async with self._slots:
-            query = self._waiting.pop(identity)
-            deployments = await self._deployments()
+            query, asked_at = self._waiting.pop(identity)
+            deployments = await self._deployments(asked_at)
             node_name = naming.node_name(
                 self.settings.node_name_template, identity, self.settings.env
             )
@@ -160,12 +162,26 @@ class BaselineAnswers:
             ", ".join(m.key for m in modules) or "none",
         )
 
-    async def _deployments(self) -> list[dict[str, Any]]:
-        """Every Deployment, from the list in flight if there is one, else a new list."""
-        if self._listing is None or self._listing.done():
+    async def _deployments(self, asked_at: float) -> list[dict[str, Any]]:
+        """Every Deployment, from a list that started after the query was asked: the one
+        in flight or last made if it did, else a new one once the one in flight is done."""
+        while True:
+            listing = self._listing
+            if listing is not None and self._listing_started >= asked_at:
+                # shield: one caller cancelled must not cancel the list others wait for.
+                return await asyncio.shield(listing)
+            if listing is not None and not listing.done():
+                await asyncio.wait([listing])  # too old for this query: the next one is not
+                continue
             self.deployment_lists += 1
+            self._listing_started = asyncio.get_running_loop().time()
             self._listing = asyncio.create_task(
                 self._list_deployments(), name="baseline-deployments"
             )
-        # shield: one caller cancelled must not cancel the list the others wait for.
-        return await asyncio.shield(self._listing)
+            # Its failure reaches every answer waiting on it; mark it seen even if none is.
+            self._listing.add_done_callback(_retrieve_exception)
+
+
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -107,8 +107,11 @@ class ModuleSync:
         self._install_sent: dict[str, dict[str, float]] = {}
         self._uninstall_sent: dict[str, dict[str, float]] = {}
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
-        # Bases whose next sync first asks for the full module list.
-        self._inventory_wanted: set[str] = set()
+        # Inventory queries have their own queue: a read that must not wait behind a base's
+        # status patches (a slow API server would delay the answer that makes pods Ready).
+        self.inventory_queries = KeyedWorkQueue(
+            self._query_inventory, workers=4, name="inventory query"
+        )
 
     def _count_error(self, error: Exception) -> None:
         if isinstance(error, ApiException):
@@ -116,8 +119,10 @@ class ModuleSync:
 
     def start(self) -> None:
         self.queue.start()
+        self.inventory_queries.start()
 
     async def stop(self) -> None:
+        await self.inventory_queries.stop()
         await self.queue.stop()
         for handle in self._wakeups.values():
             handle.cancel()
@@ -127,15 +132,13 @@ class ModuleSync:
         self.queue.add(identity)
 
     def want_inventory(self, identity: str) -> None:
-        """Ask the base for its full module list, from its worker, before it is planned."""
-        self._inventory_wanted.add(identity)
-        self.queue.add(identity)
+        """Ask the base for its full module list (soon, once however often it is said)."""
+        self.inventory_queries.add(identity)
 
     def forget_base(self, identity: str) -> None:
         """The base is gone: drop what was kept for it (ModuleState forgets its modules)."""
         self._install_sent.pop(identity, None)
         self._uninstall_sent.pop(identity, None)
-        self._inventory_wanted.discard(identity)
         wakeup = self._wakeups.pop(identity, None)
         if wakeup is not None:
             wakeup.cancel()
@@ -159,12 +162,16 @@ class ModuleSync:
         if outcome is not None:
             self._report_operation(identity, outcome)
         self.want_inventory(identity)
+        self.base_changed(identity)
 
     def batch_answered(self, identity: str, result: BatchInstallBizResponse) -> None:
         self.state.apply_batch(identity, result)
         self.want_inventory(identity)
+        self.base_changed(identity)
 
     async def _query_inventory(self, identity: str) -> None:
+        if identity not in self.registry.bases:
+            return  # gone meanwhile
         # Without the broker, the periodic poll asks again once it is back.
         with contextlib.suppress(TunnelUnavailable):
             await self.tunnel.query_all_biz(identity)
@@ -236,11 +243,7 @@ class ModuleSync:
         if record is None:
             # The base is gone: base_gone() marked its pods; they are the pod garbage
             # collector's now, and nothing here may write them Ready again.
-            self._inventory_wanted.discard(identity)
             return
-        if identity in self._inventory_wanted:
-            self._inventory_wanted.discard(identity)
-            await self._query_inventory(identity)
         pods = self.state.pods_on(record.node_name)
         base = self.state.base_modules[identity]
         self._prune_sent(identity, set(base.installing), set(base.uninstalling))
@@ -258,19 +261,36 @@ class ModuleSync:
         self._wake_later(identity, plan.wake_at)
         if plan.empty:
             return
+
+        def gone() -> bool:
+            # Each step awaits the network: the base may be retired meanwhile (its node
+            # deleted, its pods marked by base_gone). The rest of the plan is then void —
+            # no command to a gone base, no pod written Ready on it, no bookkeeping for it.
+            return self.registry.bases.get(identity) is not record
+
         for pod, status in plan.going_down:
+            if gone():
+                return
             await self._write_status(pod, status)
         for biz in plan.uninstalls:
+            if gone():
+                return
             log.info("Uninstalling %s from base %s.", biz.key, identity)
             self._uninstall_sent.setdefault(identity, {}).setdefault(biz.key, self.clock())
             await self.tunnel.uninstall_biz(identity, biz)
         for spec in plan.installs:
+            if gone():
+                return
             log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
             self._install_sent.setdefault(identity, {})[spec.key] = self.clock()
             self.metrics.record_install_command()
             await self.tunnel.install_biz(identity, spec.biz())
         for pod, status in plan.status_writes:
+            if gone():
+                return
             await self._write_status(pod, status)
+        if gone():
+            return
         for event in plan.events:
             self.events.pod_event(event.pod, event.type, event.reason, event.message)
         why = (

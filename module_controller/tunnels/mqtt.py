@@ -14,46 +14,23 @@ import contextlib
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
-from pydantic import BaseModel
 
-from module_controller import naming
-from module_controller.lograte import RateLimitedLog
 from module_controller.protocol import (
     ArkletCommand,
     BaseTopic,
     BizModel,
-    Envelope,
-    ProtocolError,
     command_topic,
-    decode_base_message,
     encode,
-    now_ms,
 )
 from module_controller.protocol.biz import Baseline
-from module_controller.protocol.messages import (
-    AGE_CHECKED_TOPICS,
-    BatchInstallMessage,
-    BizOperationMessage,
-    HealthMessage,
-    HeartMessage,
-    LegacyBizMessage,
-    QueryBaselineMessage,
-    SimpleBizMessage,
-)
 from module_controller.protocol.topics import base_topic, env_root
 from module_controller.settings import Settings
 from module_controller.tasks import raise_if_cancelling
+from module_controller.tunnels.decoder import DropHook, DropReason, MessageDecoder
 from module_controller.tunnels.events import (
-    BaseHealthReport,
-    BaseHeartbeat,
-    BaseInventory,
-    BaselineQuery,
-    BatchInstallResult,
-    BizOperationResult,
     BrokerConnected,
     BrokerDisconnected,
     TunnelEvent,
@@ -79,149 +56,6 @@ class TunnelUnavailable(RuntimeError):
     """A command could not be sent because the broker connection is down."""
 
 
-class DropReason:
-    # The same words as the metrics' MqttDropReason label values.
-    OVERSIZED = "oversized"
-    UNKNOWN_TOPIC = "unknown_topic"
-    BAD_IDENTITY = "bad_identity"
-    MALFORMED = "malformed"
-    STALE = "stale"
-    IDENTITY_MISMATCH = "identity_mismatch"
-    FAILED_REPLY = "failed_reply"
-    CLIENT_QUEUE_FULL = "client_queue_full"
-
-
-Publisher = Callable[[str, bytes], Awaitable[None]]
-LOGGED_TEXT_LIMIT = 300
-
-
-def _shorten(value: str | Exception) -> str:
-    text = str(value)
-    if len(text) <= LOGGED_TEXT_LIMIT:
-        return text
-    return f"{text[:LOGGED_TEXT_LIMIT]}... ({len(text)} characters)"
-
-
-DropHook = Callable[[str], None]
-
-
-class MessageDecoder:
-    """Bytes and topic in, a TunnelEvent (or a counted drop) out. No I/O: unit-testable."""
-
-    def __init__(
-        self, settings: Settings, on_drop: DropHook | None = None, clock: Callable[[], int] = now_ms
-    ) -> None:
-        self.settings = settings
-        self.dropped: Counter[str] = Counter()
-        self._on_drop = on_drop
-        self._clock = clock
-        self._log = RateLimitedLog(log)
-
-    def record_drop(self, reason: str, message: str, *args: object) -> None:
-        self.dropped[reason] += 1
-        if self._on_drop is not None:
-            self._on_drop(reason)
-        # A hostile payload may be megabytes; its error text quotes it. Say enough, not all.
-        shown = tuple(_shorten(arg) if isinstance(arg, str | Exception) else arg for arg in args)
-        self._log.warning(reason, "Dropped an MQTT message: " + message, *shown)
-
-    def decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
-        """The event a message carries, or None when it was dropped; never raises."""
-        try:
-            return self._decode(topic, payload)
-        except Exception as error:  # a bug in decoding must cost one message, not the tunnel
-            self.record_drop(DropReason.MALFORMED, "%s could not be decoded: %r", topic, error)
-            return None
-
-    def _decode(self, topic: str, payload: bytes) -> TunnelEvent | None:
-        if len(payload) > self.settings.max_message_bytes:
-            self.record_drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
-            return None
-        try:
-            parsed, message = decode_base_message(topic, payload)
-        except ProtocolError as error:
-            reason = DropReason.UNKNOWN_TOPIC if error.what == "topic" else DropReason.MALFORMED
-            self.record_drop(reason, "%s (topic %s)", error, topic)
-            return None
-        identity = parsed.identity
-        bad = naming.invalid_identity_reason(identity)
-        if bad is not None:
-            self.record_drop(DropReason.BAD_IDENTITY, "identity %r refused: %s", identity[:80], bad)
-            return None
-        kind = parsed.base_kind
-        assert isinstance(message, Envelope)
-        if kind in AGE_CHECKED_TOPICS:
-            max_age_ms = int(self.settings.message_max_age_seconds * 1000)
-            age_ms = self._clock() - message.publish_timestamp
-            if age_ms >= max_age_ms:
-                self.record_drop(
-                    DropReason.STALE,
-                    "%s from %s is %.1fs old (limit %.0fs; are the clocks in sync?)",
-                    kind,
-                    identity,
-                    age_ms / 1000,
-                    self.settings.message_max_age_seconds,
-                )
-                return None
-        return self._event(identity, message)
-
-    def _event(self, identity: str, message: BaseModel) -> TunnelEvent | None:
-        if isinstance(message, HeartMessage):
-            if message.data.base_metadata.identity != identity:
-                self.record_drop(
-                    DropReason.IDENTITY_MISMATCH,
-                    "heartbeat on the topic of %s claims identity %r",
-                    identity,
-                    message.data.base_metadata.identity[:80],
-                )
-                return None
-            return BaseHeartbeat(identity, message.data)
-        if isinstance(message, QueryBaselineMessage):
-            return BaselineQuery(identity, message.data)
-        if isinstance(message, HealthMessage):
-            reply = message.data
-            if not reply.ok or reply.data is None:
-                self.record_drop(
-                    DropReason.FAILED_REPLY, "health of %s failed: %s", identity, reply.message
-                )
-                return None
-            return BaseHealthReport(identity, reply.data.health_data)
-        if isinstance(message, SimpleBizMessage):
-            return BaseInventory(identity, tuple(message.data))
-        if isinstance(message, LegacyBizMessage):
-            return self._legacy_inventory(identity, message)
-        if isinstance(message, BizOperationMessage):
-            return BizOperationResult(identity, message.data)
-        if isinstance(message, BatchInstallMessage):
-            return BatchInstallResult(identity, message.data)
-        self.record_drop(DropReason.UNKNOWN_TOPIC, "no handler for %s", type(message).__name__)
-        return None
-
-    def _legacy_inventory(self, identity: str, message: LegacyBizMessage) -> TunnelEvent | None:
-        """Runtime 1.3.0/1.3.1 report the inventory as full BizInfo beans."""
-        from module_controller.protocol import SimpleBizInfo
-        from module_controller.protocol.states import BizState
-
-        reply = message.data
-        if not reply.ok or reply.data is None:
-            self.record_drop(
-                DropReason.FAILED_REPLY, "biz list of %s failed: %s", identity, reply.message
-            )
-            return None
-        modules = tuple(
-            SimpleBizInfo(
-                name=info.biz_name,
-                version=info.biz_version,
-                state=info.biz_state or BizState.UNRESOLVED,
-                latest_state_record=max(
-                    info.biz_state_records or [], key=lambda r: r.change_time, default=None
-                ),
-            )
-            for info in reply.data
-        )
-        return BaseInventory(identity, modules)
-
-
 def subscriptions(env: str) -> list[str]:
     return [f"{env_root(env)}/+/base/{kind}" for kind in SUBSCRIBED_KINDS]
 
@@ -241,12 +75,25 @@ def probe_topic(settings: Settings) -> str:
     return f"{env_root(settings.env)}/module-controller/{client}/probe"
 
 
-def _bounded_client_queue(on_full: Callable[[], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """aiomqtt's incoming queue, bounded, counting what it must discard when full.
+class _QueueFullLines(logging.Filter):
+    """aiomqtt logs every message its full queue discards; the tunnel says it, rate-limited."""
 
-    It fills only while the operator's own (bounded) inbox makes the reader wait; aiomqtt
-    then discards and logs, and we count it: a lost reply is found again by the next
-    inventory poll, a lost heartbeat by the next one.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "queue is full" not in record.getMessage()
+
+
+_client_log = logging.getLogger(__name__ + ".client")
+_client_log.addFilter(_QueueFullLines())
+
+
+def _bounded_client_queue(
+    on_full: Callable[[aiomqtt.Message], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming queue, bounded, handing what it must discard to `on_full`.
+
+    With manual acknowledgement the broker sends no more QoS 1 messages than its in-flight
+    window (20 in Mosquitto) until we acknowledge, so this fills only past that window
+    (an EVENT_QUEUE_SIZE below it) or with a flood of QoS 0 messages.
     """
 
     class CountingQueue(asyncio.Queue[aiomqtt.Message]):
@@ -254,7 +101,7 @@ def _bounded_client_queue(on_full: Callable[[], None]) -> type[asyncio.Queue[aio
             try:
                 super().put_nowait(item)
             except asyncio.QueueFull:
-                on_full()
+                on_full(item)
                 raise
 
     return CountingQueue
@@ -283,6 +130,7 @@ class MqttTunnel:
         # probe topic still delivers the bases' messages, which then are the only proof.
         self.probe_returned = False
         self._deliver = deliver
+        self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
         self._on_reconnect = on_reconnect
         self._on_published = on_published
@@ -295,6 +143,15 @@ class MqttTunnel:
         return mqtt_client_id(self.settings)
 
     def _new_client(self) -> aiomqtt.Client:
+        made: list[aiomqtt.Client] = []
+
+        def discarded(message: aiomqtt.Message) -> None:
+            self._client_queue_full()
+            if message.qos and made:
+                # Acknowledged although dropped: an unacknowledged message would hold one
+                # slot of the broker's in-flight window for the rest of the connection.
+                made[0]._client.ack(message.mid, message.qos)
+
         client = aiomqtt.Client(
             self.settings.mqtt_broker,
             self.settings.mqtt_port,
@@ -305,9 +162,15 @@ class MqttTunnel:
             keepalive=self.settings.mqtt_keepalive_seconds,
             timeout=10,
             tls_context=self._tls,
-            queue_type=_bounded_client_queue(self._client_queue_full),
+            queue_type=_bounded_client_queue(discarded),
             max_queued_incoming_messages=self.settings.event_queue_size,
+            logger=_client_log,
         )
+        made.append(client)
+        # Backpressure to the broker: a message is acknowledged once the inbox has taken
+        # it, so while the operator is behind the broker holds what bases send (paho would
+        # acknowledge on arrival). aiomqtt has no option for it; paho's client has.
+        client._client.manual_ack_set(True)
         # Hundreds of bases starting together mean hundreds of baseline answers in flight;
         # that is normal here, not the warning aiomqtt prints past 10.
         client.pending_calls_threshold = 10_000
@@ -351,6 +214,8 @@ class MqttTunnel:
                                 self.probe_returned = True
                             else:
                                 await self._dispatch(topic, message.payload)
+                            if message.qos:
+                                client._client.ack(message.mid, message.qos)
                     finally:
                         # The flag, not only the cancel: Python 3.11's wait_for (inside
                         # aiomqtt's publish) can swallow a cancellation, leaving this hung.
@@ -386,9 +251,14 @@ class MqttTunnel:
         )
 
     def delivery_silence(self) -> float | None:
-        """Seconds since a message last came through the broker; None when disconnected."""
+        """Seconds since a message last came through the broker; None when disconnected.
+
+        0 while the reader waits for a full inbox: the operator is behind, and a silence
+        it makes itself must not pass for a frozen broker."""
         if not self.connected.is_set():
             return None
+        if self._waiting_on_inbox:
+            return 0.0
         return time.monotonic() - self.last_delivery
 
     async def _probe(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -419,8 +289,15 @@ class MqttTunnel:
         else:
             raw = b""
         event = self.decoder.decode(topic, raw)
-        if event is not None:
+        if event is None:
+            return
+        self._waiting_on_inbox = True
+        try:
             await self._deliver(event)
+        finally:
+            self._waiting_on_inbox = False
+            # Time spent waiting for a full inbox was ours, not the broker's silence.
+            self.last_delivery = time.monotonic()
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         client = self._client

@@ -33,8 +33,9 @@ from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.testbed.kube_reads import is_ready_and_untainted
 from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.tunnels.decoder import MessageDecoder
 from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat
-from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS, MessageDecoder
+from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS
 from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.test_node_scale import describe_node
 from tests.e2e.test_nodes import Cluster, node_name

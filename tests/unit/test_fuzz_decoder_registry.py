@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from module_controller.protocol import now_ms
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.tunnels.decoder import MessageDecoder
 from module_controller.tunnels.events import (
     BaseHealthReport,
     BaseHeartbeat,
@@ -29,7 +30,7 @@ from module_controller.tunnels.events import (
     BatchInstallResult,
     BizOperationResult,
 )
-from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS, MessageDecoder
+from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS
 from module_controller.vnodes import node_manifest
 from tests.fuzzing import (
     broken_payloads,

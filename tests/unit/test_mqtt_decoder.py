@@ -12,13 +12,14 @@ import pytest
 
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, now_ms, wrap
 from module_controller.settings import Settings
+from module_controller.tunnels.decoder import DropReason, MessageDecoder
 from module_controller.tunnels.events import (
     BaseHealthReport,
     BaseHeartbeat,
     BaseInventory,
     BizOperationResult,
 )
-from module_controller.tunnels.mqtt import DropReason, MessageDecoder, MqttTunnel, subscriptions
+from module_controller.tunnels.mqtt import MqttTunnel, subscriptions
 
 HEART = "koupleless_dev/{id}/base/heart"
 
@@ -160,7 +161,7 @@ def test_a_bug_while_decoding_costs_one_message_not_the_tunnel(
     def explode(*_: object) -> None:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("module_controller.tunnels.mqtt.decode_base_message", explode)
+    monkeypatch.setattr("module_controller.tunnels.decoder.decode_base_message", explode)
     assert decoder.decode(HEART.format(id="b1"), heartbeat("b1")) is None
     assert decoder.dropped == {DropReason.MALFORMED: 1}
 

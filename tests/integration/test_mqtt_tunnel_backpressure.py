@@ -1,0 +1,91 @@
+"""A full inbox makes the broker hold what bases send; nothing is lost without a count.
+
+The tunnel acknowledges a QoS 1 message only once the inbox has taken it, so while the
+dispatcher is behind, the broker stops at its in-flight window (Mosquitto: 20, though
+2.0.11 lets a burst past it once acknowledgements resume) and queues the rest, instead of
+the client acknowledging every message on arrival and discarding what its bounded queue
+cannot hold (what it did with automatic acknowledgement: 100 of these 500 lost).
+Whatever the client must still discard is counted (and acknowledged, and logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+
+from module_controller.inbox import Inbox
+from module_controller.observability.metrics import Metrics
+from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
+from module_controller.settings import Settings
+from module_controller.tunnels.decoder import DropReason
+from module_controller.tunnels.events import BaseHeartbeat, BrokerConnected
+from module_controller.tunnels.mqtt import MqttTunnel
+from tests.private_broker import PrivateBroker
+from tests.waiting import wait_for
+
+MESSAGES = 500
+INBOX = 200  # well above the broker's in-flight window, as the default (10,000) is
+
+
+def heartbeat(identity: str) -> bytes:
+    metadata = BaseMetadata(identity=identity, name="base", version="1")
+    return encode(wrap(BaseStatus(base_metadata=metadata, local_ip="127.0.0.2")))
+
+
+async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
+    private_broker: PrivateBroker,
+) -> None:
+    info = private_broker.info
+    settings = Settings(
+        mqtt_broker=info.host,
+        mqtt_port=info.port,
+        mqtt_username=info.username,
+        mqtt_password=info.password,
+        event_queue_size=INBOX,
+    )
+    inbox = Inbox(INBOX, Metrics())
+    tunnel = MqttTunnel(settings, inbox.put)
+    running = asyncio.create_task(tunnel.run())
+    try:
+        assert isinstance(await asyncio.wait_for(inbox.get(), 10), BrokerConnected)
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for number in range(MESSAGES):  # nobody takes anything out of the inbox meanwhile
+                await base.publish(
+                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
+                )
+
+        async def inbox_full() -> bool:
+            return len(inbox) == INBOX
+
+        await wait_for(inbox_full, timeout=10, what="the inbox to fill up")
+        assert tunnel.delivery_silence() == 0.0, "our own backlog passed for broker silence"
+        held_by_client = tunnel._client._queue.qsize() if tunnel._client else -1
+        assert 0 <= held_by_client < 50, "the broker went on sending: nothing held it back"
+        assert tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL] == 0
+        heard: set[str] = set()
+
+        async def all_heard() -> bool:
+            while len(inbox):
+                event = inbox.get_nowait()
+                if isinstance(event, BaseHeartbeat):
+                    heard.add(event.identity)
+            dropped = tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL]
+            return len(heard) + dropped == MESSAGES
+
+        async def diagnose() -> str:
+            dropped = dict(tunnel.decoder.dropped)
+            return f"heard {len(heard)} of {MESSAGES}; dropped {dropped}"
+
+        await wait_for(
+            all_heard,
+            timeout=30,
+            what="every heartbeat heard or counted as dropped",
+            diagnose=diagnose,
+            interval=0.01,
+        )
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
