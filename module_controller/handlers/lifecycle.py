@@ -106,6 +106,10 @@ async def stop(memo: Any, **_: Any) -> None:
     if ours_memo.health is not None:
         ours_memo.health.operator_stopped()
     await _undo(ours_memo)
+    if ours_memo.stop_flag is not None:
+        # Stopping anyway (a signal): Kopf 1.45 leaves its stop-flag waiter pending on a
+        # signal and then waits 5 s for it as a hung task before it exits.
+        ours_memo.stop_flag.set()
 
 
 def _fail(memo: OperatorMemo, reason: str) -> kopf.PermanentError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -105,3 +106,16 @@ async def test_metrics_and_health_tell_what_the_operator_does(
         '"message": "Installing biz1:1.0.0' in line or "Installing biz1:1.0.0" in line
         for line in lines
     ), operator.tail()
+
+
+def test_sigterm_stops_the_operator_at_once_with_exit_0(run_operator: OperatorFactory) -> None:
+    """A kubelet stopping the pod (or a rolling upgrade) waits for this: nothing may hold the
+    exit (Kopf 1.45 held it 5 s for its own stop-flag waiter until the clean-up released it)."""
+    health_port = free_port()
+    operator = run_operator(HEALTH_PORT=str(health_port))
+    operator.wait_ready(timeout=30)
+    began = time.monotonic()
+    operator.stop(grace=15)
+    took = time.monotonic() - began
+    assert operator.exit_code == 0, operator.tail()
+    assert took < 2.5, f"the operator took {took:.1f}s to stop\n{operator.tail()}"
