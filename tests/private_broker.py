@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+from module_controller.settings import Settings
 from module_controller.testbed import testbed
 from module_controller.testbed.mosquitto import BrokerInfo
 
@@ -18,6 +19,17 @@ class PrivateBroker:
         self.info: BrokerInfo = state.broker
         (self.pid,) = [record.pid for record in state.processes if record.name == "mosquitto"]
         self.frozen = False
+
+    def operator_settings(self, **overrides: object) -> Settings:
+        """The operator's settings for this broker, with `overrides`."""
+        info = self.info
+        return Settings(
+            mqtt_broker=info.host,
+            mqtt_port=info.port,
+            mqtt_username=info.username,
+            mqtt_password=info.password,
+            **overrides,  # type: ignore[arg-type]
+        )
 
     def freeze(self) -> None:
         """As a hung broker: every TCP connection stays open and nothing is answered."""

@@ -17,7 +17,6 @@ import aiomqtt
 from module_controller.inbox import Inbox
 from module_controller.observability.metrics import Metrics
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
-from module_controller.settings import Settings
 from module_controller.tunnels.decoder import DropReason
 from module_controller.tunnels.events import BaseHeartbeat, BrokerConnected
 from module_controller.tunnels.mqtt import MqttTunnel
@@ -37,13 +36,7 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
     private_broker: PrivateBroker,
 ) -> None:
     info = private_broker.info
-    settings = Settings(
-        mqtt_broker=info.host,
-        mqtt_port=info.port,
-        mqtt_username=info.username,
-        mqtt_password=info.password,
-        event_queue_size=INBOX,
-    )
+    settings = private_broker.operator_settings(event_queue_size=INBOX)
     inbox = Inbox(INBOX, Metrics())
     tunnel = MqttTunnel(settings, inbox.put)
     running = asyncio.create_task(tunnel.run())

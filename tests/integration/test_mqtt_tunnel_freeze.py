@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from module_controller.settings import Settings
 from module_controller.tunnels.events import BrokerConnected, BrokerDisconnected, TunnelEvent
 from module_controller.tunnels.mqtt import MqttTunnel
 from tests.private_broker import PrivateBroker
@@ -14,12 +13,7 @@ from tests.waiting import wait_for
 async def test_the_tunnel_notices_a_frozen_broker_and_comes_back_after_the_thaw(
     private_broker: PrivateBroker,
 ) -> None:
-    info = private_broker.info
-    settings = Settings(
-        mqtt_broker=info.host,
-        mqtt_port=info.port,
-        mqtt_username=info.username,
-        mqtt_password=info.password,
+    settings = private_broker.operator_settings(
         mqtt_keepalive_seconds=5,
         broker_probe_seconds=0.5,
         broker_suspect_seconds=2,

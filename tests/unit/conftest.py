@@ -9,6 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client
+
+from module_controller.tunnels.events import BrokerConnected
+from tests.unit.wiring_support import Wired
 
 UNIT_TEST_TIMEOUT_SECONDS = 10  # the slowest takes under 2 s; room for a loaded CI machine
 _HERE = Path(__file__).parent
@@ -36,3 +40,16 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     if leaked:
         names = ", ".join(sorted(task.get_name() for task in leaked))
         pytest.fail(f"the test left {len(leaked)} task(s) running: {names}")
+
+
+@pytest.fixture
+async def wired() -> AsyncIterator[Wired]:
+    """The runtime's wiring with fakes at the seams, started, the broker connected."""
+    async with client.ApiClient() as api:
+        made = Wired(api, deployments=[])
+        made.start()
+        await made.say(BrokerConnected())
+        try:
+            yield made
+        finally:
+            await made.stop()

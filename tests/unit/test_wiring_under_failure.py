@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 from paho.mqtt.client import MQTTMessage
 
 from module_controller.inbox import Inbox, ModulePodChanged
@@ -25,24 +23,10 @@ from module_controller.tunnels.events import (
     BaseInventory,
     BaselineQuery,
     BizOperationResult,
-    BrokerConnected,
 )
 from module_controller.tunnels.mqtt import MqttTunnel
 from tests.unit.modules_support import container, install_reply, simple
-from tests.unit.test_wiring import IDENTITY, MODULE_LABEL, Wired, heartbeat, module_pod
-
-
-@pytest.fixture
-async def wired() -> AsyncIterator[Wired]:
-    """As test_wiring's fixture: the runtime's wiring with fakes at the seams."""
-    async with client.ApiClient() as api:
-        made = Wired(api, deployments=[])
-        made.start()
-        await made.say(BrokerConnected())
-        try:
-            yield made
-        finally:
-            await made.stop()
+from tests.unit.wiring_support import IDENTITY, MODULE_LABEL, Wired, heartbeat, module_pod
 
 
 def _other_module_pod(name: str, module: str, node: str) -> dict[str, Any]:
