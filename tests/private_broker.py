@@ -12,9 +12,9 @@ from module_controller.testbed.mosquitto import BrokerInfo
 
 
 class PrivateBroker:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, with_tls: bool = False) -> None:
         self.state_dir = state_dir
-        state = testbed.up(state_dir, with_cluster=False)
+        state = testbed.up(state_dir, with_cluster=False, with_tls=with_tls)
         assert state.broker is not None
         self.info: BrokerInfo = state.broker
         (self.pid,) = [record.pid for record in state.processes if record.name == "mosquitto"]
@@ -23,13 +23,13 @@ class PrivateBroker:
     def operator_settings(self, **overrides: object) -> Settings:
         """The operator's settings for this broker, with `overrides`."""
         info = self.info
-        return Settings(
-            mqtt_broker=info.host,
-            mqtt_port=info.port,
-            mqtt_username=info.username,
-            mqtt_password=info.password,
-            **overrides,  # type: ignore[arg-type]
-        )
+        values: dict[str, object] = {
+            "mqtt_broker": info.host,
+            "mqtt_port": info.port,
+            "mqtt_username": info.username,
+            "mqtt_password": info.password,
+        }
+        return Settings(**(values | overrides))  # type: ignore[arg-type]
 
     def freeze(self) -> None:
         """As a hung broker: every TCP connection stays open and nothing is answered."""

@@ -44,6 +44,13 @@ def register(commands: Any) -> None:
         "%(default)s, Kubernetes' own)",
     )
     up.add_argument("--no-cluster", action="store_true", help="start only the MQTT broker")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="also give the broker a TLS listener that requires a client certificate "
+        "(certificates made with openssl), and export it: MQTT_PORT, MQTT_CA_PATH, "
+        "MQTT_CLIENT_CRT_PATH, MQTT_CLIENT_KEY_PATH",
+    )
     up.set_defaults(handler=_up)
 
     down = actions.add_parser("down", help="stop every process the testbed started")
@@ -72,6 +79,7 @@ def _up(args: argparse.Namespace) -> int:
         state = testbed.up(
             args.state_dir,
             with_cluster=not args.no_cluster,
+            with_tls=args.tls,
             node_monitor_grace_period=args.node_monitor_grace_period,
         )
     except (ComponentFailed, BuildFailed) as error:

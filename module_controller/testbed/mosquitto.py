@@ -12,15 +12,21 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from module_controller.testbed import process
+from module_controller.testbed.tls import TlsFiles, make_certificates
 
 
 class BrokerInfo(BaseModel):
-    """How clients reach the broker: the values of MQTT_BROKER, MQTT_PORT and the credentials."""
+    """How clients reach the broker: the values of MQTT_BROKER, MQTT_PORT and the credentials.
+
+    With TLS, a second listener on `tls_port` requires a client certificate signed by the
+    testbed's CA (`tls.ca`); the plain port stays as it is."""
 
     host: str
     port: int
     username: str
     password: str
+    tls_port: int | None = None
+    tls: TlsFiles | None = None
 
 
 def _mosquitto_binary(name: str) -> str:
@@ -32,15 +38,19 @@ def _mosquitto_binary(name: str) -> str:
     )
 
 
-def write_config(state_dir: Path, port: int) -> BrokerInfo:
-    """Write mosquitto.conf and a password file with a freshly generated user."""
+def write_config(state_dir: Path, port: int, tls_port: int | None = None) -> BrokerInfo:
+    """Write mosquitto.conf and a password file with a freshly generated user; with
+    `tls_port`, certificates and a TLS listener that requires a client certificate."""
     broker_dir = state_dir / "mosquitto"
     broker_dir.mkdir(parents=True, exist_ok=True)
+    tls = make_certificates(broker_dir / "tls") if tls_port is not None else None
     info = BrokerInfo(
         host="127.0.0.1",
         port=port,
         username=f"mc-{secrets.token_hex(4)}",
         password=secrets.token_urlsafe(18),
+        tls_port=tls_port,
+        tls=tls,
     )
     password_file = broker_dir / "passwords"
     password_file.write_text("")
@@ -74,11 +84,24 @@ def write_config(state_dir: Path, port: int) -> BrokerInfo:
                 "log_type notice",
                 "connection_messages true",
                 "max_keepalive 300",
+                *_tls_listener(tls_port, tls),
                 "",
             ]
         )
     )
     return info
+
+
+def _tls_listener(port: int | None, tls: TlsFiles | None) -> list[str]:
+    if port is None or tls is None:
+        return []
+    return [
+        f"listener {port} 127.0.0.1",
+        f"cafile {tls.ca}",
+        f"certfile {tls.server_crt}",
+        f"keyfile {tls.server_key}",
+        "require_certificate true",
+    ]
 
 
 def command(state_dir: Path) -> list[str]:

@@ -91,6 +91,7 @@ def up(
     *,
     with_cluster: bool = True,
     with_broker: bool = True,
+    with_tls: bool = False,
     node_monitor_grace_period: int = DEFAULT_NODE_MONITOR_GRACE_PERIOD,
     timeout: float = 90.0,
 ) -> TestbedState:
@@ -114,7 +115,7 @@ def up(
     began = time.monotonic()
     starter = _Starter(state_dir)
     try:
-        broker = _start_broker(starter, timeout) if with_broker else None
+        broker = _start_broker(starter, timeout, with_tls) if with_broker else None
         token = None
         if binaries is not None:
             token = _start_cluster(starter, binaries, node_monitor_grace_period, timeout)
@@ -137,8 +138,9 @@ def up(
     return state
 
 
-def _start_broker(starter: _Starter, timeout: float) -> BrokerInfo:
-    broker = mosquitto.write_config(starter.state_dir, process.free_port())
+def _start_broker(starter: _Starter, timeout: float, with_tls: bool) -> BrokerInfo:
+    tls_port = process.free_port() if with_tls else None
+    broker = mosquitto.write_config(starter.state_dir, process.free_port(), tls_port)
     starter.run(
         "mosquitto",
         mosquitto.command(starter.state_dir),
@@ -213,13 +215,23 @@ def shell_exports(state: TestbedState) -> str:
     lines = []
     if state.kubeconfig:
         lines.append(f"export KUBECONFIG={shlex.quote(state.kubeconfig)}")
-    if state.broker:
+    broker = state.broker
+    if broker:
+        tls = broker.tls
+        # With TLS, the TLS listener (a client certificate required) is the one to use.
+        port = broker.tls_port if tls is not None else broker.port
         lines += [
-            f"export MQTT_BROKER={shlex.quote(state.broker.host)}",
-            f"export MQTT_PORT={state.broker.port}",
-            f"export MQTT_USERNAME={shlex.quote(state.broker.username)}",
-            f"export MQTT_PASSWORD={shlex.quote(state.broker.password)}",
+            f"export MQTT_BROKER={shlex.quote(broker.host)}",
+            f"export MQTT_PORT={port}",
+            f"export MQTT_USERNAME={shlex.quote(broker.username)}",
+            f"export MQTT_PASSWORD={shlex.quote(broker.password)}",
         ]
+        if tls is not None:
+            lines += [
+                f"export MQTT_CA_PATH={shlex.quote(tls.ca)}",
+                f"export MQTT_CLIENT_CRT_PATH={shlex.quote(tls.client_crt)}",
+                f"export MQTT_CLIENT_KEY_PATH={shlex.quote(tls.client_key)}",
+            ]
     if state.bin_dir:
         lines.append(f'export PATH={shlex.quote(state.bin_dir)}:"$PATH"')
     return "\n".join(lines)

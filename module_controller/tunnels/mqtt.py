@@ -82,8 +82,22 @@ class _QueueFullLines(logging.Filter):
         return "queue is full" not in record.getMessage()
 
 
+class _TlsAlerts(logging.Filter):
+    """Keeps the last TLS alert paho logs: a broker that refuses our client certificate
+    says so only in an alert after the handshake, and the connect then merely times out."""
+
+    last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "alert" in text.lower() and "SSL" in text:
+            _TlsAlerts.last = text.rsplit("] ", 1)[-1].split(" (_ssl", 1)[0]
+        return True
+
+
 _client_log = logging.getLogger(__name__ + ".client")
 _client_log.addFilter(_QueueFullLines())
+_client_log.addFilter(_TlsAlerts())
 
 
 def _bounded_client_queue(
@@ -181,6 +195,7 @@ class MqttTunnel:
         delay = 1.0
         while True:
             client = self._new_client()
+            _TlsAlerts.last = None  # only what this attempt hears counts
             try:
                 async with client:
                     for topic in subscriptions(self.settings.env):
@@ -225,6 +240,11 @@ class MqttTunnel:
             except aiomqtt.MqttError as error:
                 raise_if_cancelling()
                 reason = describe_mqtt_error(error, self.settings)
+                if _TlsAlerts.last is not None:
+                    reason = (
+                        f"the broker ended the TLS session ({_TlsAlerts.last}): does it trust "
+                        "the CA of MQTT_CLIENT_CRT_PATH, and is the certificate still valid?"
+                    )
                 log.warning(
                     "The MQTT broker %s:%d is unreachable (%s); retrying in %.0fs.",
                     self.settings.mqtt_broker,

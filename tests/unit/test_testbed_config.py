@@ -7,6 +7,7 @@ import subprocess
 
 from module_controller.testbed import binaries, testbed
 from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.testbed.tls import TlsFiles
 
 
 def _state(**overrides: object) -> testbed.TestbedState:
@@ -86,3 +87,32 @@ def test_the_binary_cache_lives_outside_the_repository(monkeypatch: object) -> N
     root = binaries.cache_root()
     repository = binaries.GOMOD_DIR.parents[2]
     assert repository not in root.parents
+
+
+def test_a_tls_testbed_exports_its_tls_listener_and_the_client_certificate() -> None:
+    tls = TlsFiles(
+        ca="/s/ca.crt",
+        server_crt="/s/broker.crt",
+        server_key="/s/broker.key",
+        client_crt="/s/client.crt",
+        client_key="/s/client.key",
+        stranger_crt="/s/stranger.crt",
+        stranger_key="/s/stranger.key",
+        other_ca="/s/other-ca.crt",
+    )
+    broker = BrokerInfo(
+        host="127.0.0.1", port=1883, username="u", password="p", tls_port=8883, tls=tls
+    )
+    script = testbed.shell_exports(_state(broker=broker))
+    shown = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'{script}\necho "$MQTT_PORT $MQTT_CA_PATH $MQTT_CLIENT_CRT_PATH '
+            '$MQTT_CLIENT_KEY_PATH"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert shown == ["8883", "/s/ca.crt", "/s/client.crt", "/s/client.key"]
