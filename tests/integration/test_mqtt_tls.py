@@ -1,7 +1,7 @@
 """MQTT over TLS with client certificates, against the testbed's TLS listener (openssl-made
-certificates): the operator's tunnel and a simulated base connect; a wrong CA or a client
-certificate the broker does not trust is a clear reason (for /readyz and the log), and the
-tunnel keeps trying instead of crashing."""
+certificates): the operator's tunnel and a simulated base connect; a wrong CA, a client
+certificate the broker does not trust or an expired one is a clear reason (for /readyz and
+the log), and the tunnel keeps trying instead of crashing."""
 
 from __future__ import annotations
 
@@ -113,6 +113,15 @@ async def test_a_client_certificate_the_broker_does_not_trust_is_a_clear_reason(
     # TLS 1.3: the broker refuses the certificate with an alert after the handshake, and
     # the connect would only time out; the tunnel keeps the alert to say why.
     assert "unknown ca" in event.reason and "MQTT_CLIENT_CRT_PATH" in event.reason, event.reason
+
+
+async def test_an_expired_client_certificate_is_a_clear_reason(tls_broker: PrivateBroker) -> None:
+    tls = tls_files(tls_broker)
+    settings = operator_settings(tls_broker, tls.ca, tls.expired_crt, tls.expired_key)
+    event, _ = await first_connection_outcome(settings)
+    assert isinstance(event, BrokerDisconnected)
+    assert "certificate expired" in event.reason, event.reason
+    assert "MQTT_CLIENT_CRT_PATH" in event.reason, event.reason
 
 
 async def test_a_simulated_base_connects_over_tls_with_a_client_certificate(

@@ -99,6 +99,8 @@ def test_a_tls_testbed_exports_its_tls_listener_and_the_client_certificate() -> 
         stranger_crt="/s/stranger.crt",
         stranger_key="/s/stranger.key",
         other_ca="/s/other-ca.crt",
+        expired_crt="/s/expired-client.crt",
+        expired_key="/s/expired-client.key",
     )
     broker = BrokerInfo(
         host="127.0.0.1", port=1883, username="u", password="p", tls_port=8883, tls=tls
