@@ -131,7 +131,6 @@ class BaselineAnswers:
         self._listing: asyncio.Task[list[dict[str, Any]]] | None = None
         self._listing_started = 0.0
         self.tasks = BackgroundTasks("baseline")
-        self.deployment_lists = 0  # how many lists were made (for tests and debugging)
 
     def answer(self, query: BaselineQuery) -> None:
         """Answer soon; returns at once."""
@@ -173,7 +172,6 @@ class BaselineAnswers:
             if listing is not None and not listing.done():
                 await asyncio.wait([listing])  # too old for this query: the next one is not
                 continue
-            self.deployment_lists += 1
             self._listing_started = asyncio.get_running_loop().time()
             self._listing = asyncio.create_task(
                 self._list_deployments(), name="baseline-deployments"

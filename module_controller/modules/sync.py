@@ -7,8 +7,9 @@ does it. This is where the seed's ordering rule is carried out: the status patch
 plan are sent one after the other, each awaited, in the planner's order — the writes that
 take pods out of Ready, then uninstalls and installs, then the other writes — so the API
 server sees an old pod go NotReady before its module is uninstalled and before the new pod
-goes Ready. Every command to a base (install, uninstall, the inventory query that follows
-an answer) goes out from this worker, never from the dispatcher. A plan that waits for a
+goes Ready. Installs and uninstalls go out from this worker; the inventory query that
+follows an answer goes out from a small keyed queue of its own (a read, which must not wait
+behind the worker's status patches); neither from the dispatcher. A plan that waits for a
 backoff or a grace period to end is looked at again then (a timer per base).
 """
 
@@ -70,14 +71,6 @@ class RecordedPodEvents:
         self._recorder.record(ref, type, reason, message)
 
 
-class LogOnlyEvents:
-    """Events when no recorder is wired: they still reach the log."""
-
-    def pod_event(self, pod: ModulePod, type: EventType, reason: str, message: str) -> None:
-        level = logging.WARNING if type == "Warning" else logging.INFO
-        log.log(level, "Pod %s: %s: %s", pod.key, reason, message)
-
-
 class ModuleSync:
     def __init__(
         self,
@@ -87,7 +80,7 @@ class ModuleSync:
         tunnel: ModuleCommands,
         api: client.ApiClient,
         metrics: Metrics,
-        events: PodEvents | None = None,
+        events: PodEvents,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -97,7 +90,7 @@ class ModuleSync:
         self.core = client.CoreV1Api(api)
         self.api = api
         self.metrics = metrics
-        self.events: PodEvents = events or LogOnlyEvents()
+        self.events = events
         self.clock = clock
         self.queue = KeyedWorkQueue(
             self.sync_base, workers=8, name="module sync", on_error=self._count_error
