@@ -25,6 +25,7 @@ from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.tasks import BackgroundTasks
 from module_controller.tunnels.events import (
+    ArkletCallFailed,
     BaseHealthReport,
     BaseHeartbeat,
     BaseInventory,
@@ -33,6 +34,7 @@ from module_controller.tunnels.events import (
     BizOperationResult,
     BrokerConnected,
     BrokerDisconnected,
+    TunnelKind,
 )
 from module_controller.tunnels.mqtt import probe_topic
 from module_controller.vnodes import NodeSyncer
@@ -98,19 +100,23 @@ class Dispatcher:
     def dispatch(self, event: OperatorEvent) -> None:
         """Apply one event. Never awaits: what needs the network is queued for others."""
         kind = _RECEIVED_KIND.get(type(event))
-        if kind is not None:
+        if kind is not None and self._over_mqtt(event):
             self.metrics.record_mqtt_received(kind)
         match event:
-            case BaseHeartbeat(identity=identity, status=status):
-                self._heartbeat(identity, status)
+            case BaseHeartbeat(identity=identity, status=status, tunnel=tunnel):
+                self._heartbeat(identity, status, tunnel)
             case BaseHealthReport(identity=identity, health=health):
+                self._nodes_changed(self.registry.arklet_answered(identity))
                 self._nodes_changed(self.registry.health(identity, health))
             case BaseInventory(identity=identity, modules=modules):
+                self._nodes_changed(self.registry.arklet_answered(identity))
                 if identity in self.registry.bases:
                     self.module_sync.inventory_reported(identity, modules)
             case BizOperationResult(identity=identity, result=result):
                 if identity in self.registry.bases:
                     self.module_sync.operation_answered(identity, result)
+            case ArkletCallFailed(identity=identity, reason=reason):
+                self.registry.arklet_failed(identity, reason)
             case BatchInstallResult(identity=identity, result=result):
                 if identity in self.registry.bases:
                     self.module_sync.batch_answered(identity, result)
@@ -140,10 +146,16 @@ class Dispatcher:
 
     # --- bases ----------------------------------------------------------------------------
 
-    def _heartbeat(self, identity: str, status: BaseStatus) -> None:
+    def _over_mqtt(self, event: OperatorEvent) -> bool:
+        if isinstance(event, BaseHeartbeat):
+            return event.tunnel == "mqtt"
+        record = self.registry.bases.get(getattr(event, "identity", ""))
+        return record is None or record.tunnel == "mqtt"
+
+    def _heartbeat(self, identity: str, status: BaseStatus, tunnel: TunnelKind) -> None:
         known = self.registry.bases.get(identity)
         first_time = known is None or not known.heard_since_start
-        changed = self.registry.heartbeat(identity, status)
+        changed = self.registry.heartbeat(identity, status, tunnel)
         self._nodes_changed(changed)
         if identity in self.registry.bases and (first_time or changed):
             if self.module_state.base_modules[identity].inventory is None:

@@ -17,8 +17,10 @@ from module_controller import naming
 from module_controller.lograte import RateLimitedLog
 from module_controller.mass_silence import MassSilence
 from module_controller.protocol import BaseStatus, HealthData
+from module_controller.protocol.arklet import ARKLET_DEFAULT_PORT
 from module_controller.protocol.states import BizState
 from module_controller.settings import Settings
+from module_controller.tunnels.events import TunnelKind
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ class BaseRecord:
     memory_capacity_bytes: int | None = None
     memory_allocatable_bytes: int | None = None
     heard_since_start: bool = True
+    # The tunnel the base spoke first; it keeps it (a restarted operator reads it back).
+    tunnel: TunnelKind = "mqtt"
+    # HTTP bases: since when, and why, their Arklet API has not answered (None: it answers).
+    arklet_failing_since: float | None = None
+    arklet_error: str = ""
 
     @property
     def ready(self) -> bool:
@@ -67,7 +74,8 @@ class BaseRegistry:
     """Bases by identity, with the liveness rules of the user contract.
 
     Every mutating method returns the node names whose desired state changed, for the
-    node syncer to act on.
+    node syncer to act on. A broker outage pauses the clocks of MQTT bases only: HTTP
+    bases are heard directly, so their silence always counts.
     """
 
     settings: Settings
@@ -85,7 +93,8 @@ class BaseRegistry:
     _mass_silence: MassSilence = field(init=False)
 
     def __post_init__(self) -> None:
-        self._paused_since = self.clock()
+        # Without an MQTT tunnel there is no broker to wait for.
+        self._paused_since = self.clock() if self.settings.enable_mqtt_tunnel else None
         self._mass_silence = MassSilence(
             share=self.settings.mass_silence_share,
             heartbeat_seconds=self.settings.base_heartbeat_seconds,
@@ -109,9 +118,22 @@ class BaseRegistry:
 
     # --- events ---------------------------------------------------------------------------
 
-    def heartbeat(self, identity: str, status: BaseStatus) -> list[str]:
+    def heartbeat(
+        self, identity: str, status: BaseStatus, tunnel: TunnelKind = "mqtt"
+    ) -> list[str]:
         """A base said it is alive (or, with a non-ACTIVATED state, that it is leaving)."""
         record = self.bases.get(identity)
+        if record is not None and record.tunnel != tunnel and record.heard_since_start:
+            # Commands go back on the tunnel a base spoke first; a second voice claiming the
+            # same identity must not redirect them (nor keep a dead base alive).
+            self._log.warning(
+                "other_tunnel",
+                "Ignored a %s heartbeat of base %s: it speaks %s (the tunnel it used first).",
+                tunnel.upper(),
+                identity,
+                record.tunnel.upper(),
+            )
+            return []
         if not status.is_activated:
             if record is None:
                 return []
@@ -141,7 +163,9 @@ class BaseRegistry:
                     self._by_node[name],
                 )
                 return []
-            record = BaseRecord(identity=identity, status=status, node_name=name, last_seen=now)
+            record = BaseRecord(
+                identity=identity, status=status, node_name=name, last_seen=now, tunnel=tunnel
+            )
             self.bases[identity] = record
             self._by_node[name] = identity
             log.info(
@@ -153,14 +177,56 @@ class BaseRegistry:
                 name,
             )
             return [name]
-        changed = record.status != status or not record.ready or not record.heard_since_start
-        if not record.ready:
-            log.info("Base %s is heard again: node %s is Ready.", identity, record.node_name)
+        changed = (
+            record.status != status
+            or not record.ready
+            or not record.heard_since_start
+            or record.tunnel != tunnel
+        )
         record.status = status
         record.last_seen = now
-        record.not_ready_reason = None
         record.heard_since_start = True
+        record.tunnel = tunnel
+        unreachable = self._arklet_unreachable(record, now)
+        if not record.ready and unreachable is None:
+            log.info("Base %s is heard again: node %s is Ready.", identity, record.node_name)
+        record.not_ready_reason = unreachable
         return [record.node_name] if changed else []
+
+    def arklet_failed(self, identity: str, error: str) -> None:
+        """An Arklet HTTP call to the base got no answer; the clock decides when it counts."""
+        record = self.bases.get(identity)
+        if record is None:
+            return
+        if record.arklet_failing_since is None:
+            record.arklet_failing_since = self.clock()
+        record.arklet_error = error
+
+    def arklet_answered(self, identity: str) -> list[str]:
+        """The base's Arklet HTTP API answered: a node NotReady for its silence is Ready."""
+        record = self.bases.get(identity)
+        if record is None or record.arklet_failing_since is None:
+            return []
+        record.arklet_failing_since = None
+        record.arklet_error = ""
+        if record.ready or self.clock() - record.last_seen >= self.settings.base_not_ready_seconds:
+            return []
+        log.info(
+            "The Arklet API of base %s answers again: node %s is Ready.", identity, record.node_name
+        )
+        record.not_ready_reason = None
+        return [record.node_name]
+
+    def _arklet_unreachable(self, record: BaseRecord, now: float) -> str | None:
+        """Why an HTTP base is NotReady although it beats: its API has not answered long."""
+        since = record.arklet_failing_since
+        if since is None or now - since < self.settings.base_not_ready_seconds:
+            return None
+        port = record.status.port or ARKLET_DEFAULT_PORT
+        return (
+            f"the Arklet HTTP API of base {record.identity} at {record.ip}:{port} has not "
+            f"answered for {now - since:.0f}s: {record.arklet_error}"
+        )
 
     def health(self, identity: str, health: HealthData) -> list[str]:
         """A health reply: memory for the node, and a master biz that stopped means gone."""
@@ -229,6 +295,8 @@ class BaseRegistry:
         self._paused_since = None
         now = self.clock()
         for record in self.bases.values():
+            if record.tunnel != "mqtt":
+                continue  # heard directly: its clock never stopped
             if record.ready:
                 record.last_seen = max(record.last_seen, now)
             else:
@@ -248,6 +316,7 @@ class BaseRegistry:
         status: BaseStatus,
         node_name: str,
         memory: tuple[int, int] | None = None,
+        tunnel: TunnelKind = "mqtt",
     ) -> None:
         """A node that existed before this operator started: keep it, on probation.
 
@@ -266,28 +335,36 @@ class BaseRegistry:
             memory_capacity_bytes=capacity,
             memory_allocatable_bytes=allocatable,
             heard_since_start=False,
+            tunnel=tunnel,
         )
         self.bases[identity] = record
         self._by_node[node_name] = identity
 
     def tick(self) -> list[str]:
         """Apply the liveness rules at the current time; returns the nodes to resync."""
-        if self._paused_since is not None:
+        judged = [
+            r for r in self.bases.values() if self._paused_since is None or r.tunnel != "mqtt"
+        ]
+        if not judged:
             return []
         now = self.clock()
         not_ready_after = self.settings.base_not_ready_seconds
-        silent_last_seen = [
-            r.last_seen for r in self.bases.values() if now - r.last_seen >= not_ready_after
-        ]
-        hold = self._mass_silence.holds_deletions(silent_last_seen, len(self.bases), now)
+        silent_last_seen = [r.last_seen for r in judged if now - r.last_seen >= not_ready_after]
+        hold = self._mass_silence.holds_deletions(silent_last_seen, len(judged), now)
         if self._mass_silence.ended_by_recovery:
             # Bases come back over one heartbeat period: the ones not heard yet keep their
             # nodes (NotReady) for one more dead-time window instead of going this tick.
-            for record in self.bases.values():
+            for record in judged:
                 if now - record.last_seen >= not_ready_after:
                     record.last_seen = max(record.last_seen, now - not_ready_after)
         changed = []
-        for record in list(self.bases.values()):
+        for record in judged:
+            unreachable = self._arklet_unreachable(record, now)
+            if unreachable is not None and record.ready:
+                record.not_ready_reason = unreachable
+                log.warning("%s: node %s is NotReady.", unreachable, record.node_name)
+                changed.append(record.node_name)
+                continue
             silent = now - record.last_seen
             if silent >= self.settings.base_dead_seconds and not hold:
                 log.info(

@@ -36,6 +36,7 @@ from module_controller.vnode_manifest import (
     now_utc,
     status_fingerprint,
     transitions_of,
+    tunnel_of_node,
 )
 from module_controller.workqueue import KeyedWorkQueue
 
@@ -107,7 +108,9 @@ class NodeSyncer:
                 log.warning("Node %s carries no base record; leaving it alone.", name)
                 continue
             identity, status = found
-            self.registry.adopt(identity, status, name, memory_of(raw, self.settings))
+            self.registry.adopt(
+                identity, status, name, memory_of(raw, self.settings), tunnel_of_node(raw)
+            )
             self.existing[name] = AppliedNode.of(node.metadata.uid, raw)
             self.transitions[name] = transitions_of(raw)
             adopted += 1

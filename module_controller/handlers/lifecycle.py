@@ -25,7 +25,7 @@ from module_controller.observability.api_probe import ApiProbe
 from module_controller.observability.metrics import Metrics
 from module_controller.observability.server import HealthChecks
 from module_controller.operator_memo import OperatorMemo, operator_memo
-from module_controller.runtime import Runtime
+from module_controller.runtime import Runtime, health_check_names
 from module_controller.settings import SettingsError, load_settings
 from module_controller.vnode_manifest import node_selector
 
@@ -58,7 +58,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
     settings.scanning.disabled = True
     metrics = Metrics()
-    health = HealthChecks(["kubernetes", "mqtt"])
+    health = HealthChecks(health_check_names(ours))
     ours_memo.health = health
     try:
         http = await server.start(
@@ -91,12 +91,16 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
             raise _fail(ours_memo, reason) from error
         raise  # cancelled: Kopf is stopping anyway
     health.operator_started()
+    tunnels = []
+    if ours.enable_mqtt_tunnel:
+        tunnels.append(f"MQTT broker {ours.mqtt_broker}:{ours.mqtt_port}")
+    if runtime.http_server is not None:
+        tunnels.append(f"HTTP tunnel on port {runtime.http_server.port}")
     log.info(
-        "Module controller %s started for env %s (broker %s:%d).",
+        "Module controller %s started for env %s (%s).",
         ours.client_id,
         ours.env,
-        ours.mqtt_broker,
-        ours.mqtt_port,
+        ", ".join(tunnels),
     )
 
 

@@ -144,15 +144,23 @@ class BaselineAnswers:
         if self._listing is not None:
             await cancel_and_wait([self._listing])
 
+    async def modules_for(self, query: BaselineQuery) -> list[BizModel]:
+        """The baseline of one query, answered in place (the HTTP tunnel's /queryBaseline)."""
+        async with self._slots:
+            return await self._modules(query, asyncio.get_running_loop().time())
+
+    async def _modules(self, query: BaselineQuery, asked_at: float) -> list[BizModel]:
+        deployments = await self._deployments(asked_at)
+        node_name = naming.node_name(
+            self.settings.node_name_template, query.identity, self.settings.env
+        )
+        labels = node_labels(node_name, BaseStatus(base_metadata=query.metadata), self.settings)
+        return baseline_for(deployments, labels, self.settings.module_label)
+
     async def _answer(self, identity: str) -> None:
         async with self._slots:
             query, asked_at = self._waiting.pop(identity)
-            deployments = await self._deployments(asked_at)
-            node_name = naming.node_name(
-                self.settings.node_name_template, identity, self.settings.env
-            )
-            labels = node_labels(node_name, BaseStatus(base_metadata=query.metadata), self.settings)
-            modules = baseline_for(deployments, labels, self.settings.module_label)
+            modules = await self._modules(query, asked_at)
             await self._send(identity, modules)
         log.info(
             "Answered the baseline query of base %s with %d module(s): %s.",

@@ -42,7 +42,7 @@ from module_controller.protocol import (
 from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
-from module_controller.tunnels.mqtt import TunnelUnavailable
+from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.workqueue import KeyedWorkQueue
 
 log = logging.getLogger(__name__)

@@ -185,6 +185,21 @@ class Metrics:
             "Events waiting for the dispatcher.",
             registry=self.registry,
         )
+        self._arklet_http_calls = Counter(
+            f"{PREFIX}_arklet_http_calls",
+            "Arklet HTTP calls to HTTP-tunnel bases, by command and outcome (answered; "
+            "undelivered: the base never got it; delivered_no_answer: timed out or not an "
+            "Arklet answer).",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self._http_tunnel_requests = Counter(
+            f"{PREFIX}_http_tunnel_requests",
+            "Requests of bases to the HTTP tunnel, by endpoint and outcome (accepted, or the "
+            "HTTP status of the refusal).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
         self._delivering = False
         self._create_known_series()
 
@@ -235,6 +250,12 @@ class Metrics:
 
     def record_mqtt_dropped(self, reason: MqttDropReason) -> None:
         self._mqtt_dropped.labels(reason=reason).inc()
+
+    def record_arklet_http_call(self, command: str, outcome: str) -> None:
+        self._arklet_http_calls.labels(command=command, outcome=outcome).inc()
+
+    def record_http_tunnel_request(self, endpoint: str, outcome: str) -> None:
+        self._http_tunnel_requests.labels(endpoint=endpoint, outcome=outcome).inc()
 
     def record_broker_reconnect(self) -> None:
         self._broker_reconnects.inc()

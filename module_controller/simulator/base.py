@@ -111,7 +111,7 @@ class SimulatedBase:
             )
         if self.config.http_api:
             self._http = ArkletHttpServer(
-                self.arklet, lambda: self.identity, self._record_http_request
+                self.arklet, lambda: self.identity, self._record_http_request, self._http_hangs
             )
             self.port = await self._http.start(self.config.ip, self.config.port)
         if self._mqtt is not None:
@@ -398,6 +398,9 @@ class SimulatedBase:
     def _record(self, transport: str, command: str, payload: Any, malformed: bool = False) -> None:
         self.commands.append(ReceivedCommand(transport, command, payload, time.time(), malformed))
         self._notify()
+
+    def _http_hangs(self, command: str) -> bool:
+        return self.faults.http_api_frozen or command in self.faults.ignore_commands
 
     def _record_http_request(self, command: str, payload: Any) -> None:
         log.info("%s received HTTP %s %s", self.label, command, payload)

@@ -31,8 +31,11 @@ class Faults:
     reorder_replies: bool = False  # hold a reply and send it after the next one
     malformed_replies: int = 0  # the next N replies are sent as broken JSON
     batch_omit_biz_infos: bool = False  # batch entries without bizInfos (Go MC panics)
-    # Commands received and ignored on purpose (a base that stops answering).
+    # Commands received and ignored on purpose (a base that stops answering). Over HTTP
+    # the request is read and never answered, as by a blocked Arklet worker thread.
     ignore_commands: set[str] = field(default_factory=set)
+    # The Arklet HTTP API hangs on every request (a frozen JVM whose heartbeat thread runs).
+    http_api_frozen: bool = False
 
     def install_delay_for(self, name: str) -> float:
         return self.install_delays_s.get(name, self.install_delay_s)

@@ -43,8 +43,10 @@ class ArkletHttpServer:
         arklet: Arklet,
         identity: Callable[[], str],
         on_request: Callable[[str, Any], None],
+        hangs: Callable[[str], bool] = lambda command: False,
     ) -> None:
         self._arklet = arklet
+        self._hangs = hangs
         self._identity = identity
         self._on_request = on_request
         self._server: asyncio.Server | None = None
@@ -106,6 +108,8 @@ class ArkletHttpServer:
             self._on_request(command.value, raw.decode("utf-8", "replace"))
             return self._internal_error(command, exc)
         self._on_request(command.value, body)
+        if self._hangs(command.value):
+            await asyncio.Event().wait()  # never answered; ends when the server stops
         try:
             output = await self._arklet.execute(command, body)
         except JavaException as exc:

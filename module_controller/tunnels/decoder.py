@@ -14,7 +14,14 @@ from pydantic import BaseModel
 
 from module_controller import naming
 from module_controller.lograte import RateLimitedLog
-from module_controller.protocol import Envelope, ProtocolError, decode_base_message, now_ms
+from module_controller.protocol import (
+    Envelope,
+    ProtocolError,
+    SimpleBizInfo,
+    decode_base_message,
+    now_ms,
+)
+from module_controller.protocol.biz import BizInfo
 from module_controller.protocol.messages import (
     AGE_CHECKED_TOPICS,
     BatchInstallMessage,
@@ -25,6 +32,7 @@ from module_controller.protocol.messages import (
     QueryBaselineMessage,
     SimpleBizMessage,
 )
+from module_controller.protocol.states import BizState
 from module_controller.settings import Settings
 from module_controller.tunnels.events import (
     BaseHealthReport,
@@ -158,24 +166,26 @@ class MessageDecoder:
 
     def _legacy_inventory(self, identity: str, message: LegacyBizMessage) -> TunnelEvent | None:
         """Runtime 1.3.0/1.3.1 report the inventory as full BizInfo beans."""
-        from module_controller.protocol import SimpleBizInfo
-        from module_controller.protocol.states import BizState
-
         reply = message.data
         if not reply.ok or reply.data is None:
             self.record_drop(
                 DropReason.FAILED_REPLY, "biz list of %s failed: %s", identity, reply.message
             )
             return None
-        modules = tuple(
-            SimpleBizInfo(
-                name=info.biz_name,
-                version=info.biz_version,
-                state=info.biz_state or BizState.UNRESOLVED,
-                latest_state_record=max(
-                    info.biz_state_records or [], key=lambda r: r.change_time, default=None
-                ),
-            )
-            for info in reply.data
+        return inventory_from_biz_infos(identity, reply.data)
+
+
+def inventory_from_biz_infos(identity: str, infos: list[BizInfo]) -> BaseInventory:
+    """Full BizInfo beans (legacy MQTT ``base/biz``, HTTP ``queryAllBiz``) as an inventory."""
+    modules = tuple(
+        SimpleBizInfo(
+            name=info.biz_name,
+            version=info.biz_version,
+            state=info.biz_state or BizState.UNRESOLVED,
+            latest_state_record=max(
+                info.biz_state_records or [], key=lambda r: r.change_time, default=None
+            ),
         )
-        return BaseInventory(identity, modules)
+        for info in infos
+    )
+    return BaseInventory(identity, modules)

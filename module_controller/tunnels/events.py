@@ -7,6 +7,7 @@ of it works on validated models, never on raw bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from module_controller.protocol import (
     BaseMetadata,
@@ -17,11 +18,14 @@ from module_controller.protocol import (
     SimpleBizInfo,
 )
 
+TunnelKind = Literal["mqtt", "http"]
+
 
 @dataclass(frozen=True)
 class BaseHeartbeat:
     identity: str
     status: BaseStatus
+    tunnel: TunnelKind = "mqtt"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class BrokerDisconnected:
     was_connected: bool = True
 
 
+@dataclass(frozen=True)
+class ArkletCallFailed:
+    """An Arklet HTTP call got no answer (refused, timed out, not HTTP 200 with JSON)."""
+
+    identity: str
+    command: str
+    reason: str
+
+
 TunnelEvent = (
     BaseHeartbeat
     | BaseHealthReport
@@ -78,4 +91,9 @@ TunnelEvent = (
     | BatchInstallResult
     | BrokerConnected
     | BrokerDisconnected
+    | ArkletCallFailed
 )
+
+
+class TunnelUnavailable(RuntimeError):
+    """A command could not be sent now (no broker, no such tunnel); it is asked again later."""

@@ -34,6 +34,7 @@ from module_controller.tunnels.events import (
     BrokerConnected,
     BrokerDisconnected,
     TunnelEvent,
+    TunnelUnavailable,
 )
 from module_controller.tunnels.mqtt_errors import describe_mqtt_error
 from module_controller.tunnels.tls import mqtt_tls_context
@@ -50,10 +51,6 @@ SUBSCRIBED_KINDS = (
     BaseTopic.BIZ_OPERATION,
     BaseTopic.BATCH_INSTALL_BIZ_RESPONSE,
 )
-
-
-class TunnelUnavailable(RuntimeError):
-    """A command could not be sent because the broker connection is down."""
 
 
 def subscriptions(env: str) -> list[str]:

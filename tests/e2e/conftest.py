@@ -7,8 +7,10 @@ tests sharing the cluster and broker never see each other's bases or nodes.
 from __future__ import annotations
 
 import itertools
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +25,7 @@ from module_controller.testbed.operator_process import (
     OperatorProcess,
     operator_environment,
 )
+from tests.private_broker import PrivateBroker
 
 # Short timers so liveness tests take seconds; the bases beat every 2 s to match.
 OPERATOR_TIMINGS = {
@@ -56,6 +59,91 @@ class BaseFactory(Protocol):
         start: bool = True,
         **config: Any,
     ) -> SimulatedBase: ...
+
+
+def free_port() -> int:
+    """A port free now on all interfaces (the HTTP tunnel listens on all of them)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Tunnel:
+    """How one test's operator and bases talk: MQTT, MQTT with mutual TLS, or HTTP.
+
+    `operator` goes into the operator's settings, `base` into each base's config; `broker`
+    is the one both use (None: the session's)."""
+
+    kind: str
+    operator: dict[str, str] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+    broker: BrokerInfo | None = None
+
+
+TUNNELS = ("mqtt", "mqtt-tls", "http")
+
+
+@pytest.fixture(scope="session")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
+    """A broker whose second listener requires a client certificate (made with openssl)."""
+    broker = PrivateBroker(tmp_path_factory.mktemp("tls-broker"), with_tls=True)
+    try:
+        yield broker.info
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def tunnel(request: pytest.FixtureRequest) -> Tunnel:
+    """The tunnel of a test, `mqtt` unless parametrized indirectly with another of TUNNELS."""
+    kind = getattr(request, "param", "mqtt")
+    if kind == "mqtt":
+        return Tunnel(kind)
+    if kind == "http":
+        port = free_port()
+        return Tunnel(
+            kind,
+            operator={
+                "ENABLE_MQTT_TUNNEL": "false",
+                "ENABLE_HTTP_TUNNEL": "true",
+                "HTTP_TUNNEL_LISTEN_PORT": str(port),
+                "ARKLET_HTTP_TIMEOUT_SECONDS": "3",
+            },
+            base={
+                "mqtt": None,
+                "http_api": True,
+                "http_heartbeat_endpoint": f"http://127.0.0.1:{port}",
+                "http_heartbeat_period_s": BASE_HEARTBEAT_SECONDS,
+            },
+        )
+    if kind == "mqtt-tls":
+        broker: BrokerInfo = request.getfixturevalue("tls_broker")
+        assert broker.tls is not None and broker.tls_port is not None
+        files = broker.tls
+        return Tunnel(
+            kind,
+            operator={
+                "MQTT_PORT": str(broker.tls_port),
+                "MQTT_CA_PATH": str(files.ca),
+                "MQTT_CLIENT_CRT_PATH": str(files.client_crt),
+                "MQTT_CLIENT_KEY_PATH": str(files.client_key),
+            },
+            base={
+                "mqtt": MqttSettings(
+                    host=broker.host,
+                    port=broker.tls_port,
+                    username=broker.username,
+                    password=broker.password,
+                    ca_path=str(files.ca),
+                    client_crt_path=str(files.client_crt),
+                    client_key_path=str(files.client_key),
+                )
+            },
+            broker=broker,
+        )
+    raise ValueError(f"unknown tunnel {kind!r}; one of {TUNNELS}")
 
 
 @pytest.fixture
@@ -103,10 +191,9 @@ async def start_base(mqtt_broker: BrokerInfo, test_env: str) -> AsyncIterator[Ba
         )
         config.setdefault("http_api", False)
         config.setdefault("mqtt_heartbeat_period_s", BASE_HEARTBEAT_SECONDS)
+        config.setdefault("mqtt", settings)
         base = SimulatedBase(
-            BaseConfig(
-                name=name, version=version, env=test_env, ip=next(_ips), mqtt=settings, **config
-            )
+            BaseConfig(name=name, version=version, env=test_env, ip=next(_ips), **config)
         )
         bases.append(base)
         if start:

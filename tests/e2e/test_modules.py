@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from module_controller.simulator.base import SimulatedBase
 from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted, ready_condition
 from module_controller.testbed.operator_process import OperatorProcess
-from tests.e2e.conftest import BaseFactory, OperatorFactory
+from tests.e2e.conftest import TUNNELS, BaseFactory, OperatorFactory, Tunnel
 from tests.e2e.modules_support import (
     PodHistory,
     bare_pod,
@@ -35,6 +35,9 @@ from tests.e2e.modules_support import (
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
+
+# The seed's scenarios run over every tunnel: MQTT, MQTT with mutual TLS, and HTTP.
+over_every_tunnel = pytest.mark.parametrize("tunnel", TUNNELS, indirect=True)
 
 # The scene's operator: modules nobody asks for are removed 5 s after being seen; each base
 # is asked what it runs every 3 s.
@@ -116,17 +119,20 @@ async def scene(
     namespace: str,
     run_operator: OperatorFactory,
     start_base: BaseFactory,
+    tunnel: Tunnel,
     request: pytest.FixtureRequest,
 ) -> Scene:
     marker = request.node.get_closest_marker("bases")
     count = marker.args[0] if marker else 3
     extra = request.node.get_closest_marker("operator_settings")
     operator = run_operator(
+        tunnel.broker,
         ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
         INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
+        **tunnel.operator,
         **(extra.kwargs if extra else {}),
     )
-    bases = [await start_base() for _ in range(count)]
+    bases = [await start_base(broker=tunnel.broker, **tunnel.base) for _ in range(count)]
     scene = Scene(k8s_api, namespace, operator, bases)
     await scene.nodes_ready()
     return scene
@@ -140,14 +146,16 @@ def all_ready(count: int) -> Any:
     return check
 
 
+@over_every_tunnel
 async def test_the_seeds_sample_runs_and_both_field_selectors_find_it(
     k8s_api: client.ApiClient,
     run_operator: OperatorFactory,
     start_base: BaseFactory,
+    tunnel: Tunnel,
     kubectl: list[str],
 ) -> None:
-    operator = run_operator()
-    base = await start_base()
+    operator = run_operator(tunnel.broker, **tunnel.operator)
+    base = await start_base(broker=tunnel.broker, **tunnel.base)
     scene = Scene(k8s_api, "default", operator, [base])
     await scene.nodes_ready()
     sample = sample_deployment()
@@ -194,6 +202,7 @@ async def test_the_seeds_sample_runs_and_both_field_selectors_find_it(
     await scene.modules_everywhere({})
 
 
+@over_every_tunnel
 @pytest.mark.bases(2)
 async def test_bare_pod_daemonset_and_statefulset_release_modules(
     scene: Scene, test_env: str
@@ -222,6 +231,7 @@ async def test_bare_pod_daemonset_and_statefulset_release_modules(
         assert modules_of(base).get("biz-daemon:1.0.0") == "ACTIVATED"
 
 
+@over_every_tunnel
 async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env: str) -> None:
     name = "rolling"
     body = deployment(name, test_env, 3, [("biz1", "1.0.0")], spread=True)
@@ -276,6 +286,7 @@ async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env
         assert not is_ready(deleted), f"{old_name} was removed while still Ready"
 
 
+@over_every_tunnel
 @pytest.mark.bases(3)
 async def test_scale_up_and_down_installs_and_uninstalls(scene: Scene, test_env: str) -> None:
     name = "scaled"
@@ -297,6 +308,7 @@ async def test_scale_up_and_down_installs_and_uninstalls(scene: Scene, test_env:
     await scene.modules_everywhere({pods[0].spec.node_name: {"biz1:1.0.0": "ACTIVATED"}})
 
 
+@over_every_tunnel
 @pytest.mark.bases(2)
 async def test_deleting_the_deployment_uninstalls_everything(scene: Scene, test_env: str) -> None:
     name = "doomed"
@@ -312,6 +324,7 @@ async def test_deleting_the_deployment_uninstalls_everything(scene: Scene, test_
     await scene.modules_everywhere({})
 
 
+@over_every_tunnel
 @pytest.mark.bases(1)
 async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_env: str) -> None:
     template = pod_template("inplace", test_env, [("biz1", "1.0.0")])
@@ -340,6 +353,7 @@ async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_
     assert pods[0].status.container_statuses[0].image == "https://repo.example/v2/biz1.jar"
 
 
+@over_every_tunnel
 @pytest.mark.bases(2)
 async def test_a_daemonset_update_completes(scene: Scene, test_env: str) -> None:
     body = daemon_set("daemon", test_env, [("biz-daemon", "1.0.0")])
@@ -359,6 +373,7 @@ async def test_a_daemonset_update_completes(scene: Scene, test_env: str) -> None
     )
 
 
+@over_every_tunnel
 @pytest.mark.bases(2)
 async def test_rollout_undo_brings_the_previous_version_back(
     scene: Scene, test_env: str, kubectl: list[str]
@@ -420,6 +435,7 @@ async def test_a_module_for_a_new_base_version_waits_for_such_bases(
     assert modules_of(scene.bases[0]) == {}
 
 
+@over_every_tunnel
 @pytest.mark.bases(3)
 async def test_a_crashed_bases_pods_move_to_the_other_bases(scene: Scene, test_env: str) -> None:
     name = "survivor"

@@ -26,6 +26,8 @@ EXPECTED_FAMILIES = {
     "module_controller_module_install_commands": "counter",
     "module_controller_event_queue_full": "counter",
     "module_controller_event_queue_depth": "gauge",
+    "module_controller_arklet_http_calls": "counter",
+    "module_controller_http_tunnel_requests": "counter",
 }
 
 

@@ -246,11 +246,11 @@ async def test_a_bug_applying_one_event_costs_that_event_not_the_operator(
     real = wired.registry.heartbeat
     calls: list[str] = []
 
-    def heartbeat_once_broken(identity: str, status: Any) -> list[str]:
+    def heartbeat_once_broken(identity: str, status: Any, tunnel: Any = "mqtt") -> list[str]:
         calls.append(identity)
         if len(calls) == 1:
             raise KeyError("a bug")
-        return real(identity, status)
+        return real(identity, status, tunnel)
 
     wired.registry.heartbeat = heartbeat_once_broken  # type: ignore[method-assign]
     await wired.say(heartbeat("b0"), heartbeat("b1"))

@@ -1,0 +1,280 @@
+"""Commands to HTTP-tunnel bases: the Arklet HTTP API, its answers turned into tunnel events.
+
+A base on the HTTP tunnel is driven by POSTs to ``http://<localIP>:<port>/<command>``. Each
+call runs off the caller's path (the module sync only queues it, as it publishes an MQTT
+command) and its answer goes into the inbox as the same event an MQTT reply would be, so
+the registry and planner never know which tunnel a base speaks.
+
+What the Go controller leaves out, and we do not: every call has a timeout; calls are
+bounded per base and in all; a call already in flight is not sent twice; a call the base
+never received (connection refused) is tried again with backoff; an install or uninstall
+that could not be delivered is answered as failed, so the planner's backoff and the pod's
+status say so at once instead of after the install timeout; every call that got no answer
+is reported, and the registry turns a base whose API stays silent NotReady.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel
+
+from module_controller.lograte import RateLimitedLog
+from module_controller.protocol import BizModel, ProtocolError
+from module_controller.protocol.arklet import ArkletCommand, ArkletResponse
+from module_controller.protocol.biz import BizInfo, ClientResponse
+from module_controller.protocol.codec import decode, encode
+from module_controller.protocol.health import Health
+from module_controller.protocol.operations import BizOperationResponse
+from module_controller.settings import Settings
+from module_controller.tasks import BackgroundTasks
+from module_controller.tunnels.decoder import inventory_from_biz_infos
+from module_controller.tunnels.events import (
+    ArkletCallFailed,
+    BaseHealthReport,
+    BizOperationResult,
+    TunnelEvent,
+)
+
+log = logging.getLogger(__name__)
+
+# A refused connection means the base never saw the call: safe to send again, soon.
+DELIVERY_ATTEMPTS = 3
+FIRST_RETRY_SECONDS = 0.5
+UNDELIVERED_CODE = "FAILED"
+
+Deliver = Callable[[TunnelEvent], Awaitable[None]]
+AddressOf = Callable[[str], "tuple[str, int] | None"]
+CallOutcome = Callable[[str, str], None]  # (command, outcome) for the metrics
+
+
+class _NoAnswer(Exception):
+    """The call got no usable answer; the message says why, for logs, Events and status."""
+
+    def __init__(self, reason: str, delivered: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered  # False: the base cannot have acted on it
+
+
+class ArkletHttpClient:
+    """Sends Arklet HTTP calls for the bases that speak the HTTP tunnel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        deliver: Deliver,
+        address_of: AddressOf,
+        on_call: CallOutcome | None = None,
+        first_retry_seconds: float = FIRST_RETRY_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self._deliver = deliver
+        self._address_of = address_of
+        self._on_call = on_call
+        self._first_retry = first_retry_seconds
+        self._all_calls = asyncio.Semaphore(settings.arklet_http_max_calls)
+        self._per_base: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: set[tuple[str, str, str]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._log = RateLimitedLog(log)
+        self.tasks = BackgroundTasks("arklet http")
+
+    async def start(self) -> None:
+        # Arklet closes the connection after every answer: no keep-alive to pool.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        self._session = aiohttp.ClientSession(connector=connector)
+
+    async def stop(self) -> None:
+        await self.tasks.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- the commands (the same surface as the MQTT tunnel's) ------------------------------
+
+    async def query_health(self, identity: str) -> None:
+        self._send(identity, ArkletCommand.HEALTH, None)
+
+    async def query_all_biz(self, identity: str) -> None:
+        self._send(identity, ArkletCommand.QUERY_ALL_BIZ, None)
+
+    async def install_biz(self, identity: str, biz: BizModel) -> None:
+        self._send(identity, ArkletCommand.INSTALL_BIZ, biz)
+
+    async def uninstall_biz(self, identity: str, biz: BizModel) -> None:
+        self._send(identity, ArkletCommand.UNINSTALL_BIZ, biz)
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _send(self, identity: str, command: ArkletCommand, biz: BizModel | None) -> None:
+        key = (identity, command.value, biz.key if biz is not None else "")
+        if key in self._in_flight:
+            return  # the same call is on its way; its answer serves this one too
+        self._in_flight.add(key)
+        self.tasks.spawn(self._call(key, command, biz), f"arklet-{command.value}-{identity}")
+
+    # --- one call ---------------------------------------------------------------------------
+
+    async def _call(
+        self, key: tuple[str, str, str], command: ArkletCommand, biz: BizModel | None
+    ) -> None:
+        identity = key[0]
+        try:
+            per_base = self._per_base.setdefault(
+                identity, asyncio.Semaphore(self.settings.arklet_http_max_calls_per_base)
+            )
+            async with per_base, self._all_calls:
+                event = await self._answer(identity, command, biz)
+        finally:
+            self._in_flight.discard(key)
+        if event is not None:
+            await self._deliver(event)
+
+    async def _answer(
+        self, identity: str, command: ArkletCommand, biz: BizModel | None
+    ) -> TunnelEvent | None:
+        address = self._address_of(identity)
+        if address is None:
+            return None  # the base is gone meanwhile
+        url = f"http://{address[0]}:{address[1]}/{command.value}"
+        try:
+            raw = await self._post_with_retries(url, command, biz)
+            event = self._event(identity, command, biz, raw)
+        except _NoAnswer as failure:
+            self._count(command, "delivered_no_answer" if failure.delivered else "undelivered")
+            self._log.warning(
+                f"no-answer-{command.value}",
+                "Arklet %s of base %s at %s got no answer: %s.",
+                command.value,
+                identity,
+                url,
+                failure.reason,
+            )
+            await self._deliver(ArkletCallFailed(identity, command.value, failure.reason))
+            if biz is None or failure.delivered:
+                # A delivered install may still finish: the inventory and the planner's
+                # install timeout tell, as for an MQTT command with no reply.
+                return None
+            return _undelivered(identity, command, biz, f"{url} {failure.reason}")
+        self._count(command, "answered")
+        return event
+
+    async def _post_with_retries(
+        self, url: str, command: ArkletCommand, biz: BizModel | None
+    ) -> bytes:
+        session = self._session
+        if session is None:
+            raise _NoAnswer("the operator is stopping", delivered=False)
+        body = encode(biz) if biz is not None else b"{}"
+        lasting = biz is not None  # installs download and start a jar: minutes, not seconds
+        seconds = (
+            self.settings.install_timeout_seconds
+            if lasting
+            else self.settings.arklet_http_timeout_seconds
+        )
+        wait = self._first_retry
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            try:
+                async with session.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=seconds),
+                ) as response:
+                    raw = await response.content.read(self.settings.max_message_bytes + 1)
+                    if response.status != 200:
+                        text = raw[:200].decode("utf-8", "replace")
+                        raise _NoAnswer(f"HTTP {response.status}: {text!r}", delivered=True)
+                    if len(raw) > self.settings.max_message_bytes:
+                        raise _NoAnswer(
+                            f"answer larger than {self.settings.max_message_bytes} bytes",
+                            delivered=True,
+                        )
+                    return raw
+            except aiohttp.ClientConnectorError as error:
+                if attempt == DELIVERY_ATTEMPTS:
+                    raise _NoAnswer(
+                        f"connection failed {attempt} times: {error.os_error}", delivered=False
+                    ) from None
+                await asyncio.sleep(wait)
+                wait *= 2
+            except TimeoutError:
+                raise _NoAnswer(f"no answer within {seconds:.0f}s", delivered=True) from None
+            except aiohttp.ClientError as error:
+                raise _NoAnswer(f"{type(error).__name__}: {error}", delivered=True) from None
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _event(
+        self, identity: str, command: ArkletCommand, biz: BizModel | None, raw: bytes
+    ) -> TunnelEvent | None:
+        """The event an answer carries; a failed health or inventory answer is logged."""
+        try:
+            if command is ArkletCommand.HEALTH:
+                health = _decode(ArkletResponse[Health], raw)
+                if health.ok and health.data is not None:
+                    return BaseHealthReport(identity, health.data.health_data)
+                self._refused(identity, command, health.message)
+                return None
+            if command is ArkletCommand.QUERY_ALL_BIZ:
+                inventory = _decode(ArkletResponse[list[BizInfo]], raw)
+                if inventory.ok and inventory.data is not None:
+                    return inventory_from_biz_infos(identity, inventory.data)
+                self._refused(identity, command, inventory.message)
+                return None
+        except ProtocolError as error:
+            raise _NoAnswer(f"not an Arklet answer: {error}", delivered=True) from None
+        assert biz is not None
+        try:
+            response = _decode(ArkletResponse[ClientResponse], raw)
+        except ProtocolError as error:
+            raise _NoAnswer(f"not an Arklet answer: {error}", delivered=True) from None
+        return BizOperationResult(
+            identity,
+            BizOperationResponse(
+                command=command.value,
+                biz_name=biz.biz_name,
+                biz_version=biz.biz_version,
+                response=response,
+            ),
+        )
+
+    def _refused(self, identity: str, command: ArkletCommand, message: str | None) -> None:
+        self._log.warning(
+            f"refused-{command.value}",
+            "Arklet %s of base %s failed: %s.",
+            command.value,
+            identity,
+            (message or "no message")[:300],
+        )
+
+    def _count(self, command: ArkletCommand, outcome: str) -> None:
+        if self._on_call is not None:
+            self._on_call(command.value, outcome)
+
+
+def _decode(model: type[BaseModel], raw: bytes) -> Any:
+    return decode(model, raw)
+
+
+def _undelivered(
+    identity: str, command: ArkletCommand, biz: BizModel, reason: str
+) -> BizOperationResult:
+    """An install or uninstall the base never received, answered as failed by us."""
+    return BizOperationResult(
+        identity,
+        BizOperationResponse(
+            command=command.value,
+            biz_name=biz.biz_name,
+            biz_version=biz.biz_version,
+            response=ArkletResponse[ClientResponse](
+                code=UNDELIVERED_CODE,
+                message=f"not delivered to the base: {reason}",
+            ),
+        ),
+    )
