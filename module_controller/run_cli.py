@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
+from module_controller.go_compat import describe_go_settings, ignored_go_settings_notes
 from module_controller.kube import ClusterConfigError, check_cluster_config
 from module_controller.observability.logging import configure_logging
 from module_controller.operator_memo import OperatorMemo
@@ -32,7 +34,10 @@ def register(commands: Any) -> None:
             "cluster comes from in-cluster config, else KUBECONFIG or ~/.kube/config. "
             "Everything else is set with environment variables:"
         ),
-        epilog="settings (environment variables):\n" + describe_settings(),
+        epilog="settings (environment variables):\n"
+        + describe_settings()
+        + "\n\n"
+        + describe_go_settings(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(handler=run)
@@ -54,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         _say(str(error))
         return 1
     configure_logging(settings.log_level, settings.log_format)
+    # A Go manifest's variables for parts we do not have: say so once, rather than let them
+    # look like they took effect.
+    for note in ignored_go_settings_notes(os.environ):
+        log.info(note)
     # Kopf reports every handled event at INFO; our own log lines say what happened.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kopf

@@ -1,9 +1,10 @@
 """The operator's settings, read from the environment.
 
-The Go Module Controller's variable names keep their meaning (ENV, MQTT_BROKER, MQTT_PORT,
-MQTT_USERNAME, MQTT_PASSWORD, MQTT_CLIENT_PREFIX, MQTT_CA_PATH, MQTT_CLIENT_CRT_PATH,
-MQTT_CLIENT_KEY_PATH, CLIENT_ID); the rest are ours, for the timings and limits that the Go
-controller hard-codes. A bad value stops start-up with a message naming the variable.
+Every variable of the Go Module Controller V2 is accepted: those listed in
+`go_compat.GO_NAMES_WITH_MEANING` are settings here with the Go meaning, the others are
+accepted and ignored (`go_compat.IGNORED_GO_SETTINGS`, with the reasons). The rest are ours,
+for the timings and limits that the Go controller hard-codes. Booleans read as Go reads them
+(`go_compat.GoBool`). A bad value stops start-up with a message naming the variable.
 """
 
 from __future__ import annotations
@@ -16,8 +17,26 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from module_controller.go_compat import GoBool
+
 SEED_MODULE_LABEL = "module-controller.koupleless.io/component"
 GO_CONTROLLER_MODULE_LABEL = "virtual-kubelet.koupleless.io/component"
+
+
+# Settings naming a file: empty means unset, and the file must be readable at start.
+_FILE_SETTINGS = (
+    "mqtt_ca_path",
+    "mqtt_client_crt_path",
+    "mqtt_client_key_path",
+    "kubelet_proxy_tls_crt_path",
+    "kubelet_proxy_tls_key_path",
+)
+
+# Defaults that `repr` would not say well, for `run --help`.
+_DEFAULT_TEXT = {
+    "client_id": "a new UUID",
+    "enable_mqtt_tunnel": "true; false when ENABLE_HTTP_TUNNEL=true",
+}
 
 
 class SettingsError(ValueError):
@@ -45,7 +64,10 @@ class Settings(BaseSettings):
         description="MQTT client id prefix; the client id is <prefix>@@@<CLIENT_ID>.",
     )
     mqtt_ca_path: Path | None = Field(
-        default=None, description="CA certificate file; when set the broker is reached over TLS."
+        default=None,
+        description="CA certificate file; when set the broker is reached over TLS, and its "
+        "certificate must be signed by this CA and name MQTT_BROKER (the Go controller "
+        "checks neither).",
     )
     mqtt_client_crt_path: Path | None = Field(
         default=None, description="Client certificate file for mutual TLS (with the key)."
@@ -59,13 +81,74 @@ class Settings(BaseSettings):
         "A new UUID per start when unset.",
     )
 
+    # --- tunnels, peer deployments, kubelet proxy (the Go controller's names) --------------
+    enable_mqtt_tunnel: GoBool = Field(
+        default=True,
+        description="Talk to bases over MQTT. The default keeps a Go manifest's meaning: "
+        "one that enables only the HTTP tunnel runs only it. At least one tunnel must be on.",
+    )
+    enable_http_tunnel: GoBool = Field(
+        default=False,
+        description="Serve /heartbeat and /queryBaseline on HTTP_TUNNEL_LISTEN_PORT and drive "
+        "bases that beat there through their Arklet HTTP API. Both tunnels may run at once "
+        "(the Go controller then uses only MQTT); each base stays on the tunnel it spoke "
+        "first.",
+    )
+    http_tunnel_listen_port: int = Field(
+        default=7777, ge=0, le=65535, description="Port of the HTTP tunnel (0: any free port)."
+    )
+    arklet_http_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="Timeout of an Arklet HTTP health or inventory call (installs and "
+        "uninstalls wait up to INSTALL_TIMEOUT_SECONDS).",
+    )
+    arklet_http_max_calls: int = Field(
+        default=64, ge=1, description="Most Arklet HTTP calls in flight, over all bases."
+    )
+    arklet_http_max_calls_per_base: int = Field(
+        default=4, ge=1, description="Most Arklet HTTP calls in flight to one base."
+    )
+    enable_module_replicas_sync_with_base: GoBool = Field(
+        default=False,
+        description="Keep spec.replicas of Deployments labelled "
+        "virtual-kubelet.koupleless.io/strategy=peer equal to the number of Ready nodes of "
+        "their base cluster (label virtual-kubelet.koupleless.io/replicas-control=true opts "
+        "out).",
+    )
+    peer_replicas_debounce_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="A peer Deployment is rescaled only after its base count held this long, "
+        "so a flapping base does not scale it up and down.",
+    )
+    kubelet_proxy_enabled: GoBool = Field(
+        default=False,
+        description="Serve the kubelet log API (kubectl logs) for module pods on "
+        "KUBELET_PROXY_PORT, streaming the logs of the base's own pod.",
+    )
+    kubelet_proxy_port: int = Field(
+        default=10250, ge=0, le=65535, description="TLS port of the kubelet proxy."
+    )
+    kubelet_proxy_tls_crt_path: Path | None = Field(
+        default=None,
+        description="Serving certificate of the kubelet proxy (the Go controller reads "
+        "/etc/virtual-kubelet/tls/tls.crt, always); a self-signed one is made at start when "
+        "unset. Set with KUBELET_PROXY_TLS_KEY_PATH.",
+    )
+    kubelet_proxy_tls_key_path: Path | None = Field(
+        default=None,
+        description="Private key of KUBELET_PROXY_TLS_CRT_PATH (the Go controller's "
+        "/etc/virtual-kubelet/tls/tls.key).",
+    )
+
     # --- nodes ------------------------------------------------------------------------------
     node_name_template: str = Field(
         default="virtual-node-{identity}",
         description="Name of a base's Node; {identity} and {env} are replaced. "
         "vnode.{identity}.{env} gives the Go controller's names.",
     )
-    node_env_taint: bool = Field(
+    node_env_taint: GoBool = Field(
         default=False,
         description="Also taint nodes schedule.koupleless.io/node-env=<ENV>:NoExecute, as the Go "
         "controller does (the seed's sample does not tolerate it).",
@@ -189,7 +272,7 @@ class Settings(BaseSettings):
         description="A deleted module pod whose modules cannot be uninstalled is removed after "
         "this long anyway; the leftover module is logged and reported as an Event.",
     )
-    uninstall_orphans: bool = Field(
+    uninstall_orphans: GoBool = Field(
         default=True,
         description="Uninstall modules that no pod on their base wants "
         "(after ORPHAN_GRACE_SECONDS).",
@@ -231,13 +314,13 @@ class Settings(BaseSettings):
             raise ValueError("must name the broker's host (it is empty)")
         return value.strip()
 
-    @field_validator("mqtt_ca_path", "mqtt_client_crt_path", "mqtt_client_key_path", mode="before")
+    @field_validator(*_FILE_SETTINGS, mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # `MQTT_CA_PATH=` in a manifest means no TLS, as in the Go controller, not the file ".".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("mqtt_ca_path", "mqtt_client_crt_path", "mqtt_client_key_path")
+    @field_validator(*_FILE_SETTINGS)
     @classmethod
     def _file_is_readable(cls, value: Path | None) -> Path | None:
         # Checked here so that a wrong path stops start-up naming it, before anything runs.
@@ -252,7 +335,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_files_load(self) -> Settings:
-        """The CA and client certificate are usable, not only present."""
+        """The CA and the certificates are usable, not only present."""
+        crt, key = self.kubelet_proxy_tls_crt_path, self.kubelet_proxy_tls_key_path
+        if crt is not None and key is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(crt), str(key))
+            except ssl.SSLError as error:
+                raise ValueError(
+                    f"KUBELET_PROXY_TLS_CRT_PATH {crt} and KUBELET_PROXY_TLS_KEY_PATH {key} "
+                    f"are not a certificate and its key ({error.reason})"
+                ) from None
         if self.mqtt_ca_path is None:
             return self
         try:
@@ -280,6 +372,33 @@ class Settings(BaseSettings):
             raise ValueError("BASE_DEAD_SECONDS must be longer than BASE_NOT_READY_SECONDS")
         if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise ValueError("LEASE_RENEW_SECONDS must be shorter than LEASE_DURATION_SECONDS")
+        if self.install_retry_max_seconds < self.install_retry_seconds:
+            raise ValueError(
+                "INSTALL_RETRY_MAX_SECONDS must not be shorter than INSTALL_RETRY_SECONDS"
+            )
+        if (self.mqtt_client_crt_path is None) != (self.mqtt_client_key_path is None):
+            raise ValueError("MQTT_CLIENT_CRT_PATH and MQTT_CLIENT_KEY_PATH go together")
+        if (self.kubelet_proxy_tls_crt_path is None) != (self.kubelet_proxy_tls_key_path is None):
+            raise ValueError(
+                "KUBELET_PROXY_TLS_CRT_PATH and KUBELET_PROXY_TLS_KEY_PATH go together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tunnels(self) -> Settings:
+        """At least one tunnel, and the Go meaning of a manifest that enables only HTTP."""
+        # Our MQTT tunnel is on by default (the seed's bases speak MQTT), the Go controller's
+        # is off; a Go manifest that sets only ENABLE_HTTP_TUNNEL=true means HTTP alone, and
+        # an MQTT tunnel to its unset broker would keep /readyz failing.
+        if self.enable_http_tunnel and "enable_mqtt_tunnel" not in self.model_fields_set:
+            self.enable_mqtt_tunnel = False
+        if not (self.enable_mqtt_tunnel or self.enable_http_tunnel):
+            raise ValueError(
+                "ENABLE_MQTT_TUNNEL and ENABLE_HTTP_TUNNEL are both false: set at least one "
+                "to true (the bases speak MQTT or HTTP)"
+            )
+        if not self.enable_mqtt_tunnel:
+            return self  # no broker to suspect
         if self.broker_suspect_seconds >= self.base_not_ready_seconds:
             raise ValueError(
                 "BROKER_SUSPECT_SECONDS must be shorter than BASE_NOT_READY_SECONDS, or a frozen "
@@ -287,12 +406,24 @@ class Settings(BaseSettings):
             )
         if self.broker_suspect_seconds <= self.broker_probe_seconds:
             raise ValueError("BROKER_SUSPECT_SECONDS must be longer than BROKER_PROBE_SECONDS")
-        if self.install_retry_max_seconds < self.install_retry_seconds:
-            raise ValueError(
-                "INSTALL_RETRY_MAX_SECONDS must not be shorter than INSTALL_RETRY_SECONDS"
-            )
-        if (self.mqtt_client_crt_path is None) != (self.mqtt_client_key_path is None):
-            raise ValueError("MQTT_CLIENT_CRT_PATH and MQTT_CLIENT_KEY_PATH go together")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        """Two servers on one port would stop start-up with "address in use"; say which."""
+        servers = {"METRICS_PORT": self.metrics_port, "HEALTH_PORT": self.health_port}
+        if self.enable_http_tunnel:
+            servers["HTTP_TUNNEL_LISTEN_PORT"] = self.http_tunnel_listen_port
+        if self.kubelet_proxy_enabled:
+            servers["KUBELET_PROXY_PORT"] = self.kubelet_proxy_port
+        owner: dict[int, str] = {}
+        for name, port in servers.items():
+            # 0 is any free port; /metrics and /healthz may share one listener on purpose.
+            if port == 0 or (owner.get(port) == "METRICS_PORT" and name == "HEALTH_PORT"):
+                continue
+            if port in owner:
+                raise ValueError(f"{name} and {owner[port]} are both {port}: use two ports")
+            owner[port] = name
         return self
 
     @property
@@ -319,8 +450,12 @@ def describe_settings() -> str:
     """Every setting with its variable, default and meaning, for `run --help`."""
     lines = []
     for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
-            default = "a new UUID" if name == "client_id" else "computed"
+        if name in _DEFAULT_TEXT:
+            default = _DEFAULT_TEXT[name]
+        elif field.default_factory is not None:
+            default = "computed"
+        elif isinstance(field.default, bool):
+            default = str(field.default).lower()  # as it is written in a manifest
         else:
             default = repr(field.default) if field.default not in (None, "") else "unset"
         lines.append(f"  {name.upper():<26} {field.description} (default: {default})")

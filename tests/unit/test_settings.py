@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from module_controller.settings import SettingsError, describe_settings, load_settings
@@ -46,6 +48,10 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         ("NODE_NAME_TEMPLATE", "node-without-identity", "NODE_NAME_TEMPLATE"),
         ("BASE_DEAD_SECONDS", "5", "BASE_DEAD_SECONDS"),
         ("MODULE_LABEL", "app", "MODULE_LABEL"),
+        ("HTTP_TUNNEL_LISTEN_PORT", "http", "HTTP_TUNNEL_LISTEN_PORT"),
+        ("KUBELET_PROXY_PORT", "-1", "KUBELET_PROXY_PORT"),
+        ("KUBELET_PROXY_TLS_CRT_PATH", "/nonexistent/tls.crt", "/nonexistent/tls.crt"),
+        ("NODE_ENV_TAINT", "sometimes", "NODE_ENV_TAINT"),
     ],
 )
 def test_a_bad_value_names_the_variable(
@@ -73,3 +79,90 @@ def test_help_lists_every_variable_with_its_default() -> None:
     ):
         assert f"  {name} " in text
     assert "(default: 'dev')" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ENABLE_HTTP_TUNNEL": "true", "HTTP_TUNNEL_LISTEN_PORT": "8081"},
+            "HTTP_TUNNEL_LISTEN_PORT and HEALTH_PORT are both 8081: use two ports",
+        ),
+        (
+            {"KUBELET_PROXY_ENABLED": "true", "KUBELET_PROXY_PORT": "9090"},
+            "KUBELET_PROXY_PORT and METRICS_PORT are both 9090: use two ports",
+        ),
+        (
+            {
+                "ENABLE_HTTP_TUNNEL": "true",
+                "KUBELET_PROXY_ENABLED": "true",
+                "KUBELET_PROXY_PORT": "7777",
+            },
+            "KUBELET_PROXY_PORT and HTTP_TUNNEL_LISTEN_PORT are both 7777: use two ports",
+        ),
+    ],
+)
+def test_two_servers_on_one_port_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == f"invalid settings: {message}"
+
+
+def test_ports_of_servers_that_are_off_or_shared_on_purpose_are_fine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBELET_PROXY_PORT", "9090")  # the proxy is off
+    monkeypatch.setenv("HEALTH_PORT", "9090")  # one listener serves /metrics and /healthz
+    monkeypatch.setenv("HTTP_TUNNEL_LISTEN_PORT", "0")
+    monkeypatch.setenv("ENABLE_HTTP_TUNNEL", "true")
+    monkeypatch.setenv("METRICS_PORT", "9090")
+    assert load_settings().health_port == 9090
+
+
+def test_the_kubelet_proxy_certificate_and_key_go_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    crt = tmp_path / "tls.crt"
+    crt.write_text("not a certificate\n")
+    monkeypatch.setenv("KUBELET_PROXY_TLS_CRT_PATH", str(crt))
+    with pytest.raises(SettingsError) as alone:
+        load_settings()
+    assert str(alone.value) == (
+        "invalid settings: KUBELET_PROXY_TLS_CRT_PATH and KUBELET_PROXY_TLS_KEY_PATH go together"
+    )
+    monkeypatch.setenv("KUBELET_PROXY_TLS_KEY_PATH", str(crt))
+    with pytest.raises(SettingsError) as garbage:
+        load_settings()
+    assert f"KUBELET_PROXY_TLS_CRT_PATH {crt} and KUBELET_PROXY_TLS_KEY_PATH {crt} are not" in (
+        str(garbage.value)
+    )
+    monkeypatch.setenv("KUBELET_PROXY_TLS_CRT_PATH", "")  # empty is unset, as for MQTT_CA_PATH
+    monkeypatch.setenv("KUBELET_PROXY_TLS_KEY_PATH", "")
+    assert load_settings().kubelet_proxy_tls_crt_path is None
+
+
+def test_help_writes_defaults_as_a_manifest_would() -> None:
+    text = describe_settings()
+    assert "(default: true; false when ENABLE_HTTP_TUNNEL=true)" in text
+    assert "(default: a new UUID)" in text
+    assert "NODE_ENV_TAINT" in text and "(default: false)" in text
+    assert "(default: False)" not in text and "(default: True)" not in text
+
+
+def test_broker_timings_are_checked_only_when_there_is_a_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A liveness time shorter than the broker's suspect time is fine without MQTT: HTTP
+    # bases are heard directly, nothing waits for a broker to be suspected.
+    monkeypatch.setenv("BASE_NOT_READY_SECONDS", "8")
+    monkeypatch.setenv("BASE_DEAD_SECONDS", "16")
+    monkeypatch.setenv("ENABLE_HTTP_TUNNEL", "true")
+    settings = load_settings()
+    assert (settings.enable_mqtt_tunnel, settings.enable_http_tunnel) == (False, True)
+    monkeypatch.setenv("ENABLE_MQTT_TUNNEL", "true")
+    with pytest.raises(SettingsError, match="BROKER_SUSPECT_SECONDS must be shorter"):
+        load_settings()
