@@ -26,6 +26,7 @@ from kubernetes_asyncio import client
 from module_controller.dispatcher import Dispatcher
 from module_controller.inbox import Inbox, Tick
 from module_controller.k8s_events import EventRecorder
+from module_controller.kubelet_proxy import KubeletProxy
 from module_controller.modules.baseline import BaselineAnswers, deployment_lister
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync, RecordedPodEvents
@@ -34,12 +35,26 @@ from module_controller.observability.server import HealthChecks
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.tasks import cancel_and_wait
-from module_controller.tunnels.mqtt import MqttTunnel, TunnelUnavailable
+from module_controller.tunnels.arklet_http import ArkletHttpClient
+from module_controller.tunnels.events import TunnelUnavailable
+from module_controller.tunnels.http_server import HttpTunnelServer
+from module_controller.tunnels.mqtt import MqttTunnel
+from module_controller.tunnels.router import TunnelRouter
 from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+
+
+def health_check_names(settings: Settings) -> list[str]:
+    """/readyz lists the API server and each tunnel that is on."""
+    names = ["kubernetes"]
+    if settings.enable_mqtt_tunnel:
+        names.append("mqtt")
+    if settings.enable_http_tunnel:
+        names.append("http")
+    return names
 
 
 class Runtime:
@@ -54,7 +69,7 @@ class Runtime:
         self.settings = settings
         self.api = api
         self.metrics = metrics or Metrics()
-        self.health = health or HealthChecks(["kubernetes", "mqtt"])
+        self.health = health or HealthChecks(health_check_names(settings))
         self._stop_flag = stop_flag
         self.inbox = Inbox(settings.event_queue_size, self.metrics)
         self.registry = BaseRegistry(settings)
@@ -62,15 +77,27 @@ class Runtime:
         self.nodes = NodeSyncer(settings, self.registry, api)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
         self.nodes.api_errors = lambda status: metrics.record_api_error("nodes", status)
-        self.tunnel = MqttTunnel(
-            settings,
-            self.inbox.put,
-            on_drop=lambda reason: metrics.record_mqtt_dropped(cast(MqttDropReason, reason)),
-            on_reconnect=metrics.record_broker_reconnect,
-            on_published=lambda command: metrics.record_mqtt_published(
-                "baseline" if command == "baseline" else "command"
-            ),
-        )
+        self.mqtt: MqttTunnel | None = None
+        if settings.enable_mqtt_tunnel:
+            self.mqtt = MqttTunnel(
+                settings,
+                self.inbox.put,
+                on_drop=lambda reason: metrics.record_mqtt_dropped(cast(MqttDropReason, reason)),
+                on_reconnect=metrics.record_broker_reconnect,
+                on_published=lambda command: metrics.record_mqtt_published(
+                    "baseline" if command == "baseline" else "command"
+                ),
+            )
+        self.arklet_http: ArkletHttpClient | None = None
+        self.tunnel = TunnelRouter(self.registry, self.mqtt, None)
+        if settings.enable_http_tunnel:
+            self.arklet_http = ArkletHttpClient(
+                settings,
+                self.inbox.put,
+                self.tunnel.address_of,
+                on_call=metrics.record_arklet_http_call,
+            )
+            self.tunnel = TunnelRouter(self.registry, self.mqtt, self.arklet_http)
         self.events = EventRecorder(api, instance=settings.client_id, metrics=self.metrics)
         self.module_sync = ModuleSync(
             settings,
@@ -82,6 +109,14 @@ class Runtime:
             RecordedPodEvents(self.events),
         )
         self.baseline = BaselineAnswers(settings, deployment_lister(api), self.tunnel.send_baseline)
+        self.http_server: HttpTunnelServer | None = None
+        if settings.enable_http_tunnel:
+            self.http_server = HttpTunnelServer(
+                settings,
+                self.inbox.put,
+                self.baseline.modules_for,
+                on_request=metrics.record_http_tunnel_request,
+            )
         self.dispatcher = Dispatcher(
             settings,
             self.registry,
@@ -93,9 +128,21 @@ class Runtime:
             self.health,
             self.metrics,
         )
+        # kubectl logs for module pods: a kubelet log API serving the base pod's log.
+        self.kubelet_proxy: KubeletProxy | None = None
+        if settings.kubelet_proxy_enabled:
+            self.kubelet_proxy = KubeletProxy(
+                api,
+                settings.env,
+                settings.kubelet_proxy_port,
+                tls_crt=settings.kubelet_proxy_tls_crt_path,
+                tls_key=settings.kubelet_proxy_tls_key_path,
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        if self.kubelet_proxy is not None:
+            await self.kubelet_proxy.start()  # first: a port in use fails the start at once
         await self.nodes.adopt_existing()
         self.health.set("kubernetes", True, "listed this operator's nodes")
         self.nodes.start()
@@ -103,7 +150,13 @@ class Runtime:
         await self._list_module_pods()
         self.module_sync.start()
         self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
-        self._spawn(self.tunnel.run(), "mqtt-tunnel")
+        if self.mqtt is not None:
+            self._spawn(self.mqtt.run(), "mqtt-tunnel")
+        if self.arklet_http is not None:
+            await self.arklet_http.start()
+        if self.http_server is not None:
+            await self.http_server.start()
+            self.health.set("http", True, f"listening on port {self.http_server.port}")
         self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
         self._spawn(
             self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
@@ -116,8 +169,14 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop the feeds first, then what they feed, so nothing is left half-done."""
+        if self.kubelet_proxy is not None:
+            await self.kubelet_proxy.stop()  # log readers are a feed too: no new ones
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
+        if self.http_server is not None:
+            await self.http_server.stop()
+        if self.arklet_http is not None:
+            await self.arklet_http.stop()
         await self.dispatcher.stop()
         await self.baseline.stop()
         await self.module_sync.stop()
@@ -175,7 +234,10 @@ class Runtime:
     async def _tick(self) -> None:
         """The liveness clock is an event like the others, judged by the dispatcher."""
         self.metrics.set_event_queue_depth(len(self.inbox))
-        await self.inbox.put(Tick(self.tunnel.delivery_silence(), self.tunnel.probe_returned))
+        if self.mqtt is None:
+            await self.inbox.put(Tick(None, False))  # no broker to judge
+        else:
+            await self.inbox.put(Tick(self.mqtt.delivery_silence(), self.mqtt.probe_returned))
 
     async def _poll_inventories(self) -> None:
         """Ask every live base for its full module list (spread a little over time)."""

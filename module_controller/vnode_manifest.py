@@ -14,8 +14,10 @@ from typing import Any
 
 from module_controller import __version__, naming
 from module_controller.protocol import BaseStatus, ProtocolError, decode, encode
+from module_controller.protocol.arklet import ARKLET_DEFAULT_PORT
 from module_controller.registry import BaseRecord
 from module_controller.settings import Settings
+from module_controller.tunnels.events import TunnelKind
 
 COMPONENT_LABEL = "virtual-kubelet.koupleless.io/component"
 ENV_LABEL = "virtual-kubelet.koupleless.io/env"
@@ -26,6 +28,10 @@ BASE_HOST_LABEL = "base.koupleless.io/host-name"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 IDENTITY_ANNOTATION = "base.koupleless.io/identity"
 STATUS_ANNOTATION = "module-controller.koupleless.io/base-status"
+# The tunnel a base speaks, so that a restarted operator sends its commands the same way.
+TUNNEL_ANNOTATION = "module-controller.koupleless.io/tunnel"
+# The Go controller's label for an HTTP base's Arklet port.
+TUNNEL_PORT_LABEL = "base.koupleless.io/tunnel-port"
 VIRTUAL_NODE_TAINT_KEY = "schedule.koupleless.io/virtual-node"
 ENV_TAINT_KEY = "schedule.koupleless.io/node-env"
 OUR_TAINT_KEYS = frozenset({VIRTUAL_NODE_TAINT_KEY, ENV_TAINT_KEY})
@@ -131,6 +137,19 @@ def node_labels(node_name: str, status: BaseStatus, settings: Settings) -> dict[
     }
 
 
+def tunnel_labels(record: BaseRecord) -> dict[str, str]:
+    """HTTP bases carry their Arklet port as a label, as the Go controller's nodes do."""
+    if record.tunnel != "http":
+        return {}
+    return {TUNNEL_PORT_LABEL: str(record.status.port or ARKLET_DEFAULT_PORT)}
+
+
+def tunnel_of_node(node: dict[str, Any]) -> TunnelKind:
+    """The tunnel recorded on an existing node; MQTT for nodes of older versions."""
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    return "http" if annotations.get(TUNNEL_ANNOTATION) == "http" else "mqtt"
+
+
 def node_taints(settings: Settings) -> list[dict[str, str]]:
     taints = [{"key": VIRTUAL_NODE_TAINT_KEY, "value": "True", "effect": "NoExecute"}]
     if settings.node_env_taint:
@@ -185,6 +204,21 @@ def node_conditions(
     return [ready, *quiet]
 
 
+def daemon_endpoints(settings: Settings) -> dict[str, Any]:
+    """Where the API server finds the node's kubelet: the kubelet proxy's port when it is
+    on (kubectl logs for module pods), else 0 (what a node without a kubelet shows). Always
+    written, so that turning the proxy off also takes the port back."""
+    port = settings.kubelet_proxy_port if settings.kubelet_proxy_enabled else 0
+    # "Port" with a capital P is the API's own spelling.
+    return {"kubeletEndpoint": {"Port": port}}
+
+
+def kubelet_port_of(node: dict[str, Any]) -> int:
+    """The kubelet port a node advertises (0 for none)."""
+    endpoints = (node.get("status") or {}).get("daemonEndpoints") or {}
+    return int((endpoints.get("kubeletEndpoint") or {}).get("Port") or 0)
+
+
 def node_status(
     record: BaseRecord,
     settings: Settings,
@@ -204,6 +238,7 @@ def node_status(
         ],
         "capacity": capacity,
         "allocatable": allocatable,
+        "daemonEndpoints": daemon_endpoints(settings),
         "nodeInfo": {
             "architecture": platform.machine() or "unknown",
             "operatingSystem": "linux",
@@ -228,10 +263,12 @@ def node_manifest(
         "kind": "Node",
         "metadata": {
             "name": record.node_name,
-            "labels": node_labels(record.node_name, record.status, settings),
+            "labels": node_labels(record.node_name, record.status, settings)
+            | tunnel_labels(record),
             "annotations": {
                 IDENTITY_ANNOTATION: record.identity,
                 STATUS_ANNOTATION: encode(record.status).decode(),
+                TUNNEL_ANNOTATION: record.tunnel,
             },
         },
         "spec": {"taints": node_taints(settings)},
@@ -249,8 +286,9 @@ MANAGED_LABELS = (
     ENV_LABEL,
     "type",
     "kubernetes.io/role",
+    TUNNEL_PORT_LABEL,
 )
-MANAGED_ANNOTATIONS = (IDENTITY_ANNOTATION, STATUS_ANNOTATION)
+MANAGED_ANNOTATIONS = (IDENTITY_ANNOTATION, STATUS_ANNOTATION, TUNNEL_ANNOTATION)
 
 
 def metadata_fingerprint(node: dict[str, Any]) -> tuple[Any, ...]:
@@ -289,6 +327,7 @@ def status_fingerprint(node: dict[str, Any]) -> tuple[Any, ...]:
         addresses,
         tuple(sorted((status.get("capacity") or {}).items())),
         tuple(sorted((status.get("allocatable") or {}).items())),
+        kubelet_port_of(node),
     )
 
 
