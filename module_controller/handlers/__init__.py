@@ -4,6 +4,6 @@
 as `module-controller run` does.
 """
 
-from module_controller.handlers import lifecycle, nodes, pods
+from module_controller.handlers import lifecycle, nodes, peer, pods
 
-__all__ = ["lifecycle", "nodes", "pods"]
+__all__ = ["lifecycle", "nodes", "peer", "pods"]
