@@ -435,7 +435,8 @@ async def test_a_module_for_a_new_base_version_waits_for_such_bases(
     assert modules_of(scene.bases[0]) == {}
 
 
-@over_every_tunnel
+# TLS changes nothing of liveness: MQTT and HTTP are enough for this slow one (~70 s).
+@pytest.mark.parametrize("tunnel", ["mqtt", "http"], indirect=True)
 @pytest.mark.bases(3)
 async def test_a_crashed_bases_pods_move_to_the_other_bases(scene: Scene, test_env: str) -> None:
     name = "survivor"
