@@ -28,6 +28,7 @@ from module_controller.inbox import Inbox, Tick
 from module_controller.k8s_events import EventRecorder
 from module_controller.kubelet_proxy import KubeletProxy
 from module_controller.modules.baseline import BaselineAnswers, deployment_lister
+from module_controller.modules.peer import PeerReplicas, deployment_patcher, node_lister
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync, RecordedPodEvents
 from module_controller.observability.metrics import Metrics, MqttDropReason
@@ -40,6 +41,7 @@ from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.tunnels.http_server import HttpTunnelServer
 from module_controller.tunnels.mqtt import MqttTunnel
 from module_controller.tunnels.router import TunnelRouter
+from module_controller.vnode_manifest import node_selector
 from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,16 @@ class Runtime:
             RecordedPodEvents(self.events),
         )
         self.baseline = BaselineAnswers(settings, deployment_lister(api), self.tunnel.send_baseline)
+        # Peer Deployments follow the Ready bases of their cluster (fed by handlers/peer.py).
+        self.peers: PeerReplicas | None = None
+        if settings.enable_module_replicas_sync_with_base:
+            self.peers = PeerReplicas(
+                debounce_seconds=settings.peer_replicas_debounce_seconds,
+                patch=deployment_patcher(api),
+                list_nodes=node_lister(api, node_selector(settings)),
+                record=self.events.record,
+                api_errors=lambda status: metrics.record_api_error("deployments", status),
+            )
         self.http_server: HttpTunnelServer | None = None
         if settings.enable_http_tunnel:
             self.http_server = HttpTunnelServer(
@@ -152,6 +164,8 @@ class Runtime:
         self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
         if self.mqtt is not None:
             self._spawn(self.mqtt.run(), "mqtt-tunnel")
+        if self.peers is not None:
+            self._spawn(self.peers.run(), "peer-replicas")
         if self.arklet_http is not None:
             await self.arklet_http.start()
         if self.http_server is not None:

@@ -20,6 +20,7 @@ import kopf
 from kubernetes_asyncio.client.rest import ApiException
 
 from module_controller.kube import new_api_client
+from module_controller.modules.peer import PEER_SELECTOR
 from module_controller.observability import server
 from module_controller.observability.api_probe import ApiProbe
 from module_controller.observability.metrics import Metrics
@@ -54,6 +55,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Server-side filter: the operator sees only its own nodes, not every node.
     settings.watching.label_selectors["v1", "nodes"] = node_selector(ours)
     settings.watching.label_selectors["v1", "pods"] = ours.module_selector
+    # Only peer Deployments reach the operator (handlers/peer.py), whether that is on or not.
+    settings.watching.label_selectors["apps", "deployments"] = PEER_SELECTOR
     # Nodes and pods are core, cluster-wide resources: nothing to discover, so no need
     # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
     settings.scanning.disabled = True

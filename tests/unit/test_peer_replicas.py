@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
-import kopf
 import pytest
 import yaml
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -18,7 +18,6 @@ from module_controller.k8s_events import EventType, ObjectRef
 from module_controller.modules.baseline import baseline_for
 from module_controller.modules.peer import (
     CLUSTER_LABEL,
-    PEER_SELECTOR,
     REPLICAS_CONTROL_LABEL,
     SCALE_FAILED_REASON,
     SCALED_REASON,
@@ -465,14 +464,20 @@ async def test_run_lists_the_nodes_and_patches_on_time() -> None:
 # --- the handlers -------------------------------------------------------------------------------
 
 
-async def test_with_the_setting_off_only_the_watch_is_narrowed() -> None:
-    settings = kopf.OperatorSettings()
-    start = cast(Any, peer_handlers.start_peer_replicas)
-    await start(settings=settings, memo=OperatorMemo())
-    assert list(settings.watching.label_selectors.values()) == [PEER_SELECTOR]
-    assert peer_handlers.peer_replicas() is None
+async def test_the_handlers_feed_the_runtimes_peer_replicas_and_do_nothing_without() -> None:
     on_node = cast(Any, peer_handlers.peer_node_event)
     on_deployment = cast(Any, peer_handlers.peer_deployment_event)
-    await on_node(type="ADDED", name="n0", body=node("n0"))
-    await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d")
-    await cast(Any, peer_handlers.stop_peer_replicas)()
+    # The setting off (no runtime, or one without peers): the events are ignored.
+    await on_node(type="ADDED", name="n0", body=node("n0"), memo=OperatorMemo())
+    await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d", memo=OperatorMemo())
+    cluster = Cluster()
+    peers = PeerReplicas(debounce_seconds=DEBOUNCE, patch=cluster.patch)
+    memo = OperatorMemo(runtime=cast(Any, SimpleNamespace(peers=peers)))
+    await on_node(type="ADDED", name="n0", body=node("n0"), memo=memo)
+    await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d", memo=memo)
+    assert peers.ready("c1") == 1
+    assert peers.replicas("ns", "d") is not None
+    await on_deployment(type="DELETED", body=peer_in(), namespace="ns", name="d", memo=memo)
+    await on_node(type="DELETED", name="n0", body=node("n0"), memo=memo)
+    assert peers.ready("c1") == 0
+    assert peers.replicas("ns", "d") is None
