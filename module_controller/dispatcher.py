@@ -15,6 +15,7 @@ import logging
 
 from module_controller.inbox import Inbox, ModulePodChanged, NodeDeleted, OperatorEvent, Tick
 from module_controller.k8s_events import EventRecorder, ObjectRef
+from module_controller.lograte import RateLimitedLog
 from module_controller.modules.baseline import BaselineAnswers
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync
@@ -42,6 +43,9 @@ from module_controller.vnodes import NodeSyncer
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 100
+
+BaseAnswer = BaseHealthReport | BaseInventory | BizOperationResult | BatchInstallResult
+_BASE_ANSWERS = (BaseHealthReport, BaseInventory, BizOperationResult, BatchInstallResult)
 
 _RECEIVED_KIND: dict[type, MqttReceivedKind] = {
     BaseHeartbeat: "heart",
@@ -77,6 +81,7 @@ class Dispatcher:
         self.metrics = metrics
         self.retirements = BackgroundTasks("dispatcher")
         self._probe_denied_told = False
+        self._log = RateLimitedLog(log)
 
     async def run(self, inbox: Inbox) -> None:
         """Apply the inbox's events in order, for ever. A bug in applying one event costs
@@ -100,16 +105,20 @@ class Dispatcher:
     def dispatch(self, event: OperatorEvent) -> None:
         """Apply one event. Never awaits: what needs the network is queued for others."""
         kind = _RECEIVED_KIND.get(type(event))
-        if kind is not None and self._over_mqtt(event):
+        if kind is not None and getattr(event, "tunnel", None) == "mqtt":
             self.metrics.record_mqtt_received(kind)
+        if isinstance(event, _BASE_ANSWERS) and not self._on_its_tunnel(event):
+            return
         match event:
             case BaseHeartbeat(identity=identity, status=status, tunnel=tunnel):
                 self._heartbeat(identity, status, tunnel)
-            case BaseHealthReport(identity=identity, health=health):
-                self._nodes_changed(self.registry.arklet_answered(identity))
+            case BaseHealthReport(identity=identity, health=health, tunnel=tunnel):
+                if tunnel == "http":
+                    self._nodes_changed(self.registry.arklet_answered(identity))
                 self._nodes_changed(self.registry.health(identity, health))
-            case BaseInventory(identity=identity, modules=modules):
-                self._nodes_changed(self.registry.arklet_answered(identity))
+            case BaseInventory(identity=identity, modules=modules, tunnel=tunnel):
+                if tunnel == "http":
+                    self._nodes_changed(self.registry.arklet_answered(identity))
                 if identity in self.registry.bases:
                     self.module_sync.inventory_reported(identity, modules)
             case BizOperationResult(identity=identity, result=result):
@@ -146,11 +155,21 @@ class Dispatcher:
 
     # --- bases ----------------------------------------------------------------------------
 
-    def _over_mqtt(self, event: OperatorEvent) -> bool:
-        if isinstance(event, BaseHeartbeat):
-            return event.tunnel == "mqtt"
-        record = self.registry.bases.get(getattr(event, "identity", ""))
-        return record is None or record.tunnel == "mqtt"
+    def _on_its_tunnel(self, event: BaseAnswer) -> bool:
+        """An answer counts only on the tunnel its base speaks: a message on the other one
+        (a stranger publishing on its MQTT topics, say) must not change what we know."""
+        record = self.registry.bases.get(event.identity)
+        if record is None or record.tunnel == event.tunnel:
+            return True
+        self._log.warning(
+            "other_tunnel_answer",
+            "Ignored a %s %s of base %s: it speaks %s.",
+            event.tunnel.upper(),
+            type(event).__name__,
+            event.identity,
+            record.tunnel.upper(),
+        )
+        return False
 
     def _heartbeat(self, identity: str, status: BaseStatus, tunnel: TunnelKind) -> None:
         known = self.registry.bases.get(identity)

@@ -123,16 +123,7 @@ class BaseRegistry:
     ) -> list[str]:
         """A base said it is alive (or, with a non-ACTIVATED state, that it is leaving)."""
         record = self.bases.get(identity)
-        if record is not None and record.tunnel != tunnel and record.heard_since_start:
-            # Commands go back on the tunnel a base spoke first; a second voice claiming the
-            # same identity must not redirect them (nor keep a dead base alive).
-            self._log.warning(
-                "other_tunnel",
-                "Ignored a %s heartbeat of base %s: it speaks %s (the tunnel it used first).",
-                tunnel.upper(),
-                identity,
-                record.tunnel.upper(),
-            )
+        if record is not None and self._impostor(record, status, tunnel):
             return []
         if not status.is_activated:
             if record is None:
@@ -177,21 +168,58 @@ class BaseRegistry:
                 name,
             )
             return [name]
-        changed = (
-            record.status != status
-            or not record.ready
-            or not record.heard_since_start
-            or record.tunnel != tunnel
-        )
+        was_ready = record.ready
+        changed = record.status != status or not record.heard_since_start or record.tunnel != tunnel
         record.status = status
         record.last_seen = now
         record.heard_since_start = True
         record.tunnel = tunnel
         unreachable = self._arklet_unreachable(record, now)
-        if not record.ready and unreachable is None:
-            log.info("Base %s is heard again: node %s is Ready.", identity, record.node_name)
-        record.not_ready_reason = unreachable
+        if unreachable is None:
+            if not was_ready:
+                log.info("Base %s is heard again: node %s is Ready.", identity, record.node_name)
+            record.not_ready_reason = None
+        elif was_ready:
+            record.not_ready_reason = unreachable
+        # else: NotReady for its silent API already; the node says so, nothing to rewrite.
+        changed = changed or was_ready != record.ready
         return [record.node_name] if changed else []
+
+    def _impostor(self, record: BaseRecord, status: BaseStatus, tunnel: TunnelKind) -> bool:
+        """A heartbeat that would take a known base's commands elsewhere: refused, logged.
+
+        Commands go back on the tunnel a base spoke first (an adopted base's is on its node),
+        and to an HTTP base's IP and port: a second voice claiming the same identity must not
+        redirect them, say it left, or keep a dead base alive. A base that really moved is
+        accepted once its old address has been silent for BASE_NOT_READY_SECONDS.
+        """
+        if record.tunnel != tunnel:
+            self._log.warning(
+                "other_tunnel",
+                "Ignored a %s heartbeat of base %s: it speaks %s (the tunnel it used first).",
+                tunnel.upper(),
+                record.identity,
+                record.tunnel.upper(),
+            )
+            return True
+        if tunnel != "http" or not record.heard_since_start:
+            return False
+        moved = (status.local_ip, status.port) != (record.status.local_ip, record.status.port)
+        fresh = self.clock() - record.last_seen < self.settings.base_not_ready_seconds
+        if moved and fresh:
+            self._log.warning(
+                "moved_http_base",
+                "Ignored a heartbeat of base %s from %s:%s: it beats from %s:%s (a base that "
+                "moved is taken at its new address once the old one is silent for %.0fs).",
+                record.identity,
+                status.local_ip,
+                status.port,
+                record.status.local_ip,
+                record.status.port,
+                self.settings.base_not_ready_seconds,
+            )
+            return True
+        return False
 
     def arklet_failed(self, identity: str, error: str) -> None:
         """An Arklet HTTP call to the base got no answer; the clock decides when it counts."""

@@ -16,12 +16,14 @@ is reported, and the registry turns a base whose API stays silent NotReady.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel
+from yarl import URL
 
 from module_controller.lograte import RateLimitedLog
 from module_controller.protocol import BizModel, ProtocolError
@@ -77,9 +79,13 @@ class ArkletHttpClient:
         self._address_of = address_of
         self._on_call = on_call
         self._first_retry = first_retry_seconds
-        self._all_calls = asyncio.Semaphore(settings.arklet_http_max_calls)
-        self._per_base: dict[str, asyncio.Semaphore] = {}
+        # Installs may take minutes: they must not hold the slots that health and inventory
+        # queries of every other base need.
+        self._all_commands = asyncio.Semaphore(settings.arklet_http_max_calls)
+        self._all_queries = asyncio.Semaphore(settings.arklet_http_max_calls)
+        self._per_base: dict[str, _BaseSlots] = {}
         self._in_flight: set[tuple[str, str, str]] = set()
+        self._stopped = False
         self._session: aiohttp.ClientSession | None = None
         self._log = RateLimitedLog(log)
         self.tasks = BackgroundTasks("arklet http")
@@ -90,6 +96,7 @@ class ArkletHttpClient:
         self._session = aiohttp.ClientSession(connector=connector)
 
     async def stop(self) -> None:
+        self._stopped = True
         await self.tasks.stop()
         if self._session is not None:
             await self._session.close()
@@ -113,7 +120,9 @@ class ArkletHttpClient:
         return len(self._in_flight)
 
     def _send(self, identity: str, command: ArkletCommand, biz: BizModel | None) -> None:
-        key = (identity, command.value, biz.key if biz is not None else "")
+        if self._stopped:
+            return
+        key = (identity, command.value, _call_key(biz))
         if key in self._in_flight:
             return  # the same call is on its way; its answer serves this one too
         self._in_flight.add(key)
@@ -125,14 +134,21 @@ class ArkletHttpClient:
         self, key: tuple[str, str, str], command: ArkletCommand, biz: BizModel | None
     ) -> None:
         identity = key[0]
-        try:
-            per_base = self._per_base.setdefault(
-                identity, asyncio.Semaphore(self.settings.arklet_http_max_calls_per_base)
+        slots = self._per_base.get(identity)
+        if slots is None:
+            slots = self._per_base[identity] = _BaseSlots(
+                asyncio.Semaphore(self.settings.arklet_http_max_calls_per_base)
             )
-            async with per_base, self._all_calls:
+        slots.users += 1
+        everyone = self._all_queries if biz is None else self._all_commands
+        try:
+            async with slots.semaphore, everyone:
                 event = await self._answer(identity, command, biz)
         finally:
             self._in_flight.discard(key)
+            slots.users -= 1
+            if slots.users == 0:
+                del self._per_base[identity]  # nothing kept for bases no longer called
         if event is not None:
             await self._deliver(event)
 
@@ -142,7 +158,7 @@ class ArkletHttpClient:
         address = self._address_of(identity)
         if address is None:
             return None  # the base is gone meanwhile
-        url = f"http://{address[0]}:{address[1]}/{command.value}"
+        url = str(URL.build(scheme="http", host=address[0], port=address[1], path="/" + command))
         try:
             raw = await self._post_with_retries(url, command, biz)
             event = self._event(identity, command, biz, raw)
@@ -187,7 +203,7 @@ class ArkletHttpClient:
                     headers={"Content-Type": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=seconds),
                 ) as response:
-                    raw = await response.content.read(self.settings.max_message_bytes + 1)
+                    raw = await _read_capped(response, self.settings.max_message_bytes)
                     if response.status != 200:
                         text = raw[:200].decode("utf-8", "replace")
                         raise _NoAnswer(f"HTTP {response.status}: {text!r}", delivered=True)
@@ -197,10 +213,12 @@ class ArkletHttpClient:
                             delivered=True,
                         )
                     return raw
-            except aiohttp.ClientConnectorError as error:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+                # Not connected: the base cannot have seen the call.
                 if attempt == DELIVERY_ATTEMPTS:
+                    why = getattr(error, "os_error", None) or error
                     raise _NoAnswer(
-                        f"connection failed {attempt} times: {error.os_error}", delivered=False
+                        f"connection failed {attempt} times: {why}", delivered=False
                     ) from None
                 await asyncio.sleep(wait)
                 wait *= 2
@@ -214,17 +232,22 @@ class ArkletHttpClient:
         self, identity: str, command: ArkletCommand, biz: BizModel | None, raw: bytes
     ) -> TunnelEvent | None:
         """The event an answer carries; a failed health or inventory answer is logged."""
+        answered_by = _answering_identity(raw)
+        if answered_by is not None and answered_by != identity:
+            # Another base serves this address now (the base moved, the port drifted):
+            # its modules are not this base's.
+            raise _NoAnswer(f"answered by base {answered_by[:80]!r}", delivered=True)
         try:
             if command is ArkletCommand.HEALTH:
                 health = _decode(ArkletResponse[Health], raw)
                 if health.ok and health.data is not None:
-                    return BaseHealthReport(identity, health.data.health_data)
+                    return BaseHealthReport(identity, health.data.health_data, "http")
                 self._refused(identity, command, health.message)
                 return None
             if command is ArkletCommand.QUERY_ALL_BIZ:
                 inventory = _decode(ArkletResponse[list[BizInfo]], raw)
                 if inventory.ok and inventory.data is not None:
-                    return inventory_from_biz_infos(identity, inventory.data)
+                    return inventory_from_biz_infos(identity, inventory.data, "http")
                 self._refused(identity, command, inventory.message)
                 return None
         except ProtocolError as error:
@@ -242,6 +265,7 @@ class ArkletHttpClient:
                 biz_version=biz.biz_version,
                 response=response,
             ),
+            "http",
         )
 
     def _refused(self, identity: str, command: ArkletCommand, message: str | None) -> None:
@@ -256,6 +280,43 @@ class ArkletHttpClient:
     def _count(self, command: ArkletCommand, outcome: str) -> None:
         if self._on_call is not None:
             self._on_call(command.value, outcome)
+
+
+class _BaseSlots:
+    """One base's share of the calls, kept while someone waits on or holds it."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore = semaphore
+        self.users = 0
+
+
+def _call_key(biz: BizModel | None) -> str:
+    # The jar is part of the call: the same name:version from another URL is another call.
+    return "" if biz is None else f"{biz.key} {biz.biz_url}"
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, however many packets it came in, or limit+1 bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)
+
+
+def _answering_identity(raw: bytes) -> str | None:
+    """The baseIdentity (baseID before runtime 1.3.3) an Arklet answer names, if any."""
+    try:
+        answer = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(answer, dict):
+        return None
+    named = answer.get("baseIdentity", answer.get("baseID"))
+    return named if isinstance(named, str) and named else None
 
 
 def _decode(model: type[BaseModel], raw: bytes) -> Any:
@@ -277,4 +338,5 @@ def _undelivered(
                 message=f"not delivered to the base: {reason}",
             ),
         ),
+        "http",
     )

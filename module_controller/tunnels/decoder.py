@@ -42,6 +42,7 @@ from module_controller.tunnels.events import (
     BatchInstallResult,
     BizOperationResult,
     TunnelEvent,
+    TunnelKind,
 )
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ class MessageDecoder:
         return inventory_from_biz_infos(identity, reply.data)
 
 
-def inventory_from_biz_infos(identity: str, infos: list[BizInfo]) -> BaseInventory:
+def inventory_from_biz_infos(
+    identity: str, infos: list[BizInfo], tunnel: TunnelKind = "mqtt"
+) -> BaseInventory:
     """Full BizInfo beans (legacy MQTT ``base/biz``, HTTP ``queryAllBiz``) as an inventory."""
     modules = tuple(
         SimpleBizInfo(
@@ -188,4 +191,4 @@ def inventory_from_biz_infos(identity: str, infos: list[BizInfo]) -> BaseInvento
         )
         for info in infos
     )
-    return BaseInventory(identity, modules)
+    return BaseInventory(identity, modules, tunnel)

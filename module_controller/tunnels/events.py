@@ -32,6 +32,7 @@ class BaseHeartbeat:
 class BaseHealthReport:
     identity: str
     health: HealthData
+    tunnel: TunnelKind = "mqtt"
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,21 @@ class BaseInventory:
 
     identity: str
     modules: tuple[SimpleBizInfo, ...]
+    tunnel: TunnelKind = "mqtt"
 
 
 @dataclass(frozen=True)
 class BizOperationResult:
     identity: str
     result: BizOperationResponse
+    tunnel: TunnelKind = "mqtt"
 
 
 @dataclass(frozen=True)
 class BatchInstallResult:
     identity: str
     result: BatchInstallBizResponse
+    tunnel: TunnelKind = "mqtt"
 
 
 @dataclass(frozen=True)

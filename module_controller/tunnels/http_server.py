@@ -11,6 +11,7 @@ down instead of piling up in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # A baseline is computed from a Deployment list: slow API server -> the base asks again.
 BASELINE_TIMEOUT_SECONDS = 10.0
+# A body that trickles in must not hold a connection (and a handler) for ever.
+BODY_TIMEOUT_SECONDS = 5.0
 
 Deliver = Callable[[TunnelEvent], Awaitable[None]]
 AnswerBaseline = Callable[[BaselineQuery], Awaitable[list[BizModel]]]
@@ -61,9 +64,17 @@ class HttpTunnelServer:
         app.router.add_route("*", QUERY_BASELINE_PATH, self._query_baseline)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, port=self.settings.http_tunnel_listen_port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        port = self.settings.http_tunnel_listen_port
+        if port:
+            await web.TCPSite(self._runner, port=port).start()  # every interface, v4 and v6
+        else:
+            # Port 0 on "every interface" would give IPv4 and IPv6 two different ports.
+            await web.TCPSite(self._runner, "0.0.0.0", 0).start()
+            port = int(self._runner.addresses[0][1])
+            # No IPv6 here, or that port taken there: IPv4 serves.
+            with contextlib.suppress(OSError):
+                await web.TCPSite(self._runner, "::", port).start()
+        self.port = port
         log.info("HTTP tunnel listening on port %d (/heartbeat, /queryBaseline).", self.port)
         return self.port
 
@@ -75,14 +86,22 @@ class HttpTunnelServer:
     async def _heartbeat(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             return self._refuse("heartbeat", 405, f"{request.method} not allowed: use POST")
+        body = await self._body(request)
+        if body is None:
+            return self._refuse("heartbeat", 408, "the body did not arrive in time")
         try:
-            status = decode(BaseStatus, await request.read())
+            status = decode(BaseStatus, body)
         except ProtocolError as error:
             return self._refuse("heartbeat", 400, f"not a BaseStatus: {error}")
         identity = status.base_metadata.identity
         bad = naming.invalid_identity_reason(identity)
         if bad is not None:
             return self._refuse("heartbeat", 400, f"identity {identity[:80]!r} refused: {bad}")
+        # Commands go to localIP:port: an address we cannot call is no base of ours.
+        if naming.ip_address(status.local_ip) is None:
+            return self._refuse("heartbeat", 400, f"localIP {status.local_ip[:80]!r} is no IP")
+        if not 0 <= status.port <= 65535:
+            return self._refuse("heartbeat", 400, f"port {status.port} is no TCP port")
         await self._deliver(BaseHeartbeat(identity, status, tunnel="http"))
         self._count("heartbeat", "accepted")
         return web.Response(text=HEARTBEAT_OK_TEXT)
@@ -90,8 +109,11 @@ class HttpTunnelServer:
     async def _query_baseline(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             return self._refuse("queryBaseline", 405, f"{request.method} not allowed: use POST")
+        body = await self._body(request)
+        if body is None:
+            return self._refuse("queryBaseline", 408, "the body did not arrive in time")
         try:
-            metadata = decode(BaseMetadata, await request.read())
+            metadata = decode(BaseMetadata, body)
         except ProtocolError as error:
             return self._refuse("queryBaseline", 400, f"not a BaseMetadata: {error}")
         bad = naming.invalid_identity_reason(metadata.identity)
@@ -107,6 +129,14 @@ class HttpTunnelServer:
             return self._refuse("queryBaseline", 503, f"the baseline failed: {error}")
         self._count("queryBaseline", "accepted")
         return web.Response(body=encode(Baseline(modules)), content_type="application/json")
+
+    @staticmethod
+    async def _body(request: web.Request) -> bytes | None:
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                return await request.read()
+        except TimeoutError:
+            return None
 
     def _refuse(self, endpoint: str, status: int, reason: str) -> web.Response:
         self._count(endpoint, str(status))
