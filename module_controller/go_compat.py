@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BeforeValidator
@@ -63,16 +64,25 @@ GO_NAMES_WITH_MEANING = (
     "ENABLE_MODULE_REPLICAS_SYNC_WITH_BASE",
     "KUBELET_PROXY_ENABLED",
     "KUBELET_PROXY_PORT",
+    "NAMESPACE",
 )
+
+# Where Kubernetes writes the namespace of a pod's ServiceAccount (the pod's own namespace).
+SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace() -> str:
+    """NAMESPACE's default: the operator pod's own namespace when it runs in a pod, else
+    `default` (the Go controller's default). In a pod, the kubelet proxy's Service is then
+    found next to the operator without setting NAMESPACE."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE_FILE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
 
 # The Go controller's variables for parts our design has no use for: name -> why.
 IGNORED_GO_SETTINGS: dict[str, str] = {
-    "NAMESPACE": (
-        "the Go controller reads it only to find its kubelet proxy's Service, whose ClusterIP "
-        "it then gives every node as InternalIP; here a node's InternalIP stays its base's IP "
-        "(the module pods' podIP and hostIP), and with KUBELET_PROXY_ENABLED=true nodes "
-        "advertise the proxy as their kubelet port (KUBELET_PROXY_PORT)"
-    ),
     "IS_CLUSTER": (
         "the Go controller hands it to a workload-level delay between its replicas that it "
         "never calls; here one replica (Recreate) owns every base of its ENV and renews its "

@@ -26,7 +26,8 @@ from kubernetes_asyncio import client
 from module_controller.dispatcher import Dispatcher
 from module_controller.inbox import Inbox, Tick
 from module_controller.k8s_events import EventRecorder
-from module_controller.kubelet_proxy import KubeletProxy
+from module_controller.kubelet_proxy.address import resolve_proxy_address
+from module_controller.kubelet_proxy.server import KubeletProxy
 from module_controller.modules.baseline import BaselineAnswers, deployment_lister
 from module_controller.modules.peer import PeerReplicas, deployment_patcher, node_lister
 from module_controller.modules.state import ModuleState
@@ -149,11 +150,17 @@ class Runtime:
                 settings.kubelet_proxy_port,
                 tls_crt=settings.kubelet_proxy_tls_crt_path,
                 tls_key=settings.kubelet_proxy_tls_key_path,
+                client_ca=settings.kubelet_proxy_client_ca_path,
             )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self.kubelet_proxy is not None:
+            # Resolved before any node is written: every node advertises this address, which
+            # the node syncer reads from the settings it shares (KUBELET_PROXY_ADDRESS, else
+            # the labelled Service's ClusterIP; a missing or ambiguous Service fails the start).
+            address = await resolve_proxy_address(self.api, self.settings)
+            self.settings.kubelet_proxy_address = address
             await self.kubelet_proxy.start()  # first: a port in use fails the start at once
         await self.nodes.adopt_existing()
         self.health.set("kubernetes", True, "listed this operator's nodes")
@@ -189,11 +196,11 @@ class Runtime:
         self._tasks.clear()
         if self.http_server is not None:
             await self.http_server.stop()
-        if self.arklet_http is not None:
-            await self.arklet_http.stop()
         await self.dispatcher.stop()
         await self.baseline.stop()
         await self.module_sync.stop()
+        if self.arklet_http is not None:
+            await self.arklet_http.stop()  # after the module sync: it sends the calls
         await self.nodes.stop()
         await self.events.stop()
 

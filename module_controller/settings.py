@@ -14,10 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, IPvAnyAddress, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from module_controller.go_compat import GoBool
+from module_controller.go_compat import GoBool, own_namespace
+from module_controller.kubelet_proxy import tls as kubelet_proxy_tls
 
 SEED_MODULE_LABEL = "module-controller.koupleless.io/component"
 GO_CONTROLLER_MODULE_LABEL = "virtual-kubelet.koupleless.io/component"
@@ -30,12 +31,14 @@ _FILE_SETTINGS = (
     "mqtt_client_key_path",
     "kubelet_proxy_tls_crt_path",
     "kubelet_proxy_tls_key_path",
+    "kubelet_proxy_client_ca_path",
 )
 
 # Defaults that `repr` would not say well, for `run --help`.
 _DEFAULT_TEXT = {
     "client_id": "a new UUID",
     "enable_mqtt_tunnel": "true; false when ENABLE_HTTP_TUNNEL=true",
+    "namespace": "the operator pod's own namespace, else 'default'",
 }
 
 
@@ -128,7 +131,22 @@ class Settings(BaseSettings):
         "KUBELET_PROXY_PORT, streaming the logs of the base's own pod.",
     )
     kubelet_proxy_port: int = Field(
-        default=10250, ge=0, le=65535, description="TLS port of the kubelet proxy."
+        default=10250,
+        ge=0,
+        le=65535,
+        description="TLS port of the kubelet proxy, which nodes advertise as their kubelet's.",
+    )
+    kubelet_proxy_address: IPvAnyAddress | None = Field(
+        default=None,
+        description="The IP where the API server reaches the kubelet proxy, every node's only "
+        "address (InternalIP). Unset: the ClusterIP of the Service labelled "
+        "virtual-kubelet.koupleless.io/kubelet-proxy-service=true in NAMESPACE, looked up at "
+        "start (as the Go controller does).",
+    )
+    namespace: str = Field(
+        default_factory=own_namespace,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the kubelet proxy's Service (see KUBELET_PROXY_ADDRESS).",
     )
     kubelet_proxy_tls_crt_path: Path | None = Field(
         default=None,
@@ -140,6 +158,11 @@ class Settings(BaseSettings):
         default=None,
         description="Private key of KUBELET_PROXY_TLS_CRT_PATH (the Go controller's "
         "/etc/virtual-kubelet/tls/tls.key).",
+    )
+    kubelet_proxy_client_ca_path: Path | None = Field(
+        default=None,
+        description="Serve only callers with a client certificate this CA signed, as the API "
+        "server's --kubelet-client-certificate (signed by the cluster CA). Unset: anyone.",
     )
 
     # --- nodes ------------------------------------------------------------------------------
@@ -314,7 +337,7 @@ class Settings(BaseSettings):
             raise ValueError("must name the broker's host (it is empty)")
         return value.strip()
 
-    @field_validator(*_FILE_SETTINGS, mode="before")
+    @field_validator(*_FILE_SETTINGS, "kubelet_proxy_address", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # `MQTT_CA_PATH=` in a manifest means no TLS, as in the Go controller, not the file ".".
@@ -335,16 +358,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_files_load(self) -> Settings:
-        """The CA and the certificates are usable, not only present."""
-        crt, key = self.kubelet_proxy_tls_crt_path, self.kubelet_proxy_tls_key_path
-        if crt is not None and key is not None:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(crt), str(key))
-            except ssl.SSLError as error:
-                raise ValueError(
-                    f"KUBELET_PROXY_TLS_CRT_PATH {crt} and KUBELET_PROXY_TLS_KEY_PATH {key} "
-                    f"are not a certificate and its key ({error.reason})"
-                ) from None
+        """The CAs and the certificates are usable, not only present."""
+        kubelet_proxy_tls.check_files(
+            self.kubelet_proxy_tls_crt_path,
+            self.kubelet_proxy_tls_key_path,
+            self.kubelet_proxy_client_ca_path,
+        )
         if self.mqtt_ca_path is None:
             return self
         try:
@@ -415,6 +434,11 @@ class Settings(BaseSettings):
         if self.enable_http_tunnel:
             servers["HTTP_TUNNEL_LISTEN_PORT"] = self.http_tunnel_listen_port
         if self.kubelet_proxy_enabled:
+            if self.kubelet_proxy_port == 0:
+                raise ValueError(
+                    "KUBELET_PROXY_PORT=0 with KUBELET_PROXY_ENABLED=true: nodes advertise this "
+                    "port to the API server, so it must be a fixed one (default 10250)"
+                )
             servers["KUBELET_PROXY_PORT"] = self.kubelet_proxy_port
         owner: dict[int, str] = {}
         for name, port in servers.items():

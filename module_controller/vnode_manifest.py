@@ -219,6 +219,29 @@ def kubelet_port_of(node: dict[str, Any]) -> int:
     return int((endpoints.get("kubeletEndpoint") or {}).get("Port") or 0)
 
 
+def node_addresses(record: BaseRecord, settings: Settings) -> list[dict[str, str]]:
+    """The node's addresses: the base's IP and host name, or the kubelet proxy's alone.
+
+    The API server reaches a node's kubelet (kubectl logs) at the node's preferred address,
+    by default a Hostname before an InternalIP; so with the proxy on, the proxy's address is
+    the only one (`kubelet_proxy/address.py`). Module pods keep the base's IP either way:
+    their podIP and hostIP come from the base record, never from the node.
+    """
+    if settings.kubelet_proxy_enabled:
+        if settings.kubelet_proxy_address is None:
+            # The runtime resolves it before any node is written; a node without it would
+            # send the API server to the base.
+            raise RuntimeError("the kubelet proxy's address is not resolved yet")
+        return [{"type": "InternalIP", "address": str(settings.kubelet_proxy_address)}]
+    return [
+        {"type": "InternalIP", "address": record.ip},
+        {
+            "type": "Hostname",
+            "address": naming.host_name(record.status.local_host_name) or record.node_name,
+        },
+    ]
+
+
 def node_status(
     record: BaseRecord,
     settings: Settings,
@@ -229,13 +252,7 @@ def node_status(
     return {
         "phase": "Running",
         "conditions": node_conditions(record, now, previous),
-        "addresses": [
-            {"type": "InternalIP", "address": record.ip},
-            {
-                "type": "Hostname",
-                "address": naming.host_name(record.status.local_host_name) or record.node_name,
-            },
-        ],
+        "addresses": node_addresses(record, settings),
         "capacity": capacity,
         "allocatable": allocatable,
         "daemonEndpoints": daemon_endpoints(settings),
@@ -253,6 +270,19 @@ def node_status(
             "bootID": "",
         },
     }
+
+
+def status_patch(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The status patch that makes a node show `manifest`'s status.
+
+    Status patches are strategic merges, which merge `addresses` by type: an address we no
+    longer show would stay (the Hostname of a node written before the kubelet proxy was
+    turned on, or by the Go controller, which the API server would dial instead of the
+    proxy). The `$patch: replace` directive makes the list the one given, whole.
+    """
+    status = dict(manifest["status"])
+    status["addresses"] = [*status["addresses"], {"$patch": "replace"}]
+    return {"status": status}
 
 
 def node_manifest(

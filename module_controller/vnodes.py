@@ -35,6 +35,7 @@ from module_controller.vnode_manifest import (
     node_selector,
     now_utc,
     status_fingerprint,
+    status_patch,
     transitions_of,
     tunnel_of_node,
 )
@@ -146,7 +147,7 @@ class NodeSyncer:
             if applied.metadata != metadata_fingerprint(desired):
                 await self._patch_metadata(name, desired)
             if applied.status != status_fingerprint(desired):
-                await self.core.patch_node_status(name, {"status": desired["status"]})
+                await self.core.patch_node_status(name, status_patch(desired))
                 ready = desired["status"]["conditions"][0]
                 log.info("Updated node %s: Ready=%s (%s).", name, ready["status"], ready["reason"])
         except ApiException as error:

@@ -1,10 +1,11 @@
 """The kubelet proxy: `kubectl logs <module pod>` shows the log of the base's own pod.
 
-With KUBELET_PROXY_ENABLED the virtual nodes advertise KUBELET_PROXY_PORT as their kubelet
-port (`status.daemonEndpoints.kubeletEndpoint.Port`), so the API server sends a module
-pod's log request here, over TLS. The proxy finds the base's pod (`lookup.py`) and streams
-that pod's log back through the API server (`pods/log`), chunk by chunk, for as long as the
-caller follows it. The Go controller does the same (its staging/kubelet_proxy).
+With KUBELET_PROXY_ENABLED the virtual nodes advertise the proxy's address (`address.py`)
+and KUBELET_PROXY_PORT as their kubelet port (`status.daemonEndpoints.kubeletEndpoint.Port`),
+so the API server sends a module pod's log request here, over TLS. The proxy finds the
+base's pod (`lookup.py`) and streams that pod's log back through the API server
+(`pods/log`), chunk by chunk, for as long as the caller follows it. The Go controller does
+the same (its staging/kubelet_proxy).
 
 Log streams go through an API client of their own: a followed log holds its connection for
 as long as someone watches, and must not take the connections the operator's own work
@@ -244,9 +245,10 @@ class KubeletProxy:
         self._runner, self._source = runner, source
         self.port = bound_port(runner)
         log.info(
-            "Kubelet proxy: serving kubectl logs for module pods on port %s (TLS, %s).",
+            "Kubelet proxy: serving kubectl logs for module pods on port %s (TLS, %s, %s).",
             self.port,
             "configured certificate" if self.tls[0] else "self-signed certificate",
+            "client certificates of the given CA only" if self.tls[2] else "any client",
         )
 
     async def stop(self) -> None:

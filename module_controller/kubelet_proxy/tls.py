@@ -7,9 +7,12 @@ certificate signed by that CA (KUBELET_PROXY_TLS_CRT_PATH / KUBELET_PROXY_TLS_KE
 the Go controller's /etc/virtual-kubelet/tls/tls.{crt,key}, e.g. from cert-manager). The
 files are read once at start: a renewed certificate takes effect at the next start.
 
-Callers are not authenticated unless a client CA is given: then only clients with a
-certificate it signed are served, which is what kube-apiserver presents with
-`--kubelet-client-certificate` / `--kubelet-client-key`.
+Callers are not authenticated unless a client CA is given (KUBELET_PROXY_CLIENT_CA_PATH):
+then only clients with a certificate it signed are served, which is what kube-apiserver
+presents with `--kubelet-client-certificate` / `--kubelet-client-key` (kubeadm: signed by
+the cluster CA, the `ca.crt` every pod's ServiceAccount volume holds). Any certificate that
+CA signed passes, not only the API server's: the real kubelet would then ask the API server
+whether that user may read the log (a SubjectAccessReview); this proxy does not.
 """
 
 from __future__ import annotations
@@ -48,6 +51,28 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
     if done.returncode != 0:
         raise TlsSetupError(f"openssl could not make a self-signed certificate: {done.stderr}")
     return crt, key
+
+
+def check_files(crt: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    """Raise ValueError naming the setting when the configured files are not a certificate
+    and its key, or hold no CA certificate: the settings call this, so that a wrong file
+    stops start-up at once (exit 2) rather than when the proxy starts."""
+    if crt is not None and key is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(crt), str(key))
+        except ssl.SSLError as error:
+            raise ValueError(
+                f"KUBELET_PROXY_TLS_CRT_PATH {crt} and KUBELET_PROXY_TLS_KEY_PATH {key} "
+                f"are not a certificate and its key ({error.reason})"
+            ) from None
+    if client_ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as error:
+            raise ValueError(
+                f"KUBELET_PROXY_CLIENT_CA_PATH {client_ca} is not a PEM CA certificate "
+                f"({error.reason})"
+            ) from None
 
 
 def server_context(

@@ -5,18 +5,18 @@ the virtual node advertises) → the API server again, for the base pod's log �
 kubelet. The testbed has no kubelet and no container runtime, so the base pod's node is
 `HostKubelet`, a stand-in that serves the pod's log from a file this test appends to.
 
-The simulated base reports the host name `localhost`, so its pod is named `localhost`: the
-API server reaches a node's kubelet at the node's preferred address, which by kube-apiserver's
-default (`--kubelet-preferred-address-types` starting with Hostname) is the node's Hostname
-address — the base's host name. `localhost` resolves everywhere, to where the operator
-listens; with InternalIP preferred (kubeadm's setting) the base's loopback IP reaches it too.
+The API server reaches a node's kubelet at the node's preferred address. With the proxy on,
+a virtual node's only address is the proxy's (KUBELET_PROXY_ADDRESS here: 127.0.0.1, where
+the operator listens; in a cluster, else, the ClusterIP of the labelled Service, the second
+test), so the base may have any host name, and its pod any name; module pods keep the base's
+IP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,15 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kubelet_proxy.address import PROXY_SERVICE_LABEL
 from module_controller.kubelet_proxy.server import free_port
 from module_controller.settings import SEED_MODULE_LABEL
 from module_controller.testbed.host_kubelet import HostKubelet
+from module_controller.testbed.operator_process import OperatorProcess
 from tests.e2e.conftest import BaseFactory, OperatorFactory
 from tests.e2e.test_nodes import Cluster, node_name
 from tests.e2e.test_rbac import (  # noqa: F401  (restricted: the fixture, used by name)
+    FORBIDDEN,
     Restricted,
     _assert_never_forbidden,
     restricted,
@@ -38,7 +41,7 @@ from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.usefixtures("env_nodes_cleanup"), pytest.mark.timeout(120)]
 
-BASE_POD = "localhost"  # the base's host name, hence its pod's name (see above)
+PROXY_ADDRESS = "127.0.0.1"  # where the operator's proxy listens (every interface)
 MODULE_POD = "biz1-module"
 KUBECTL_SECONDS = 20.0
 FIRST_LINES = "base started\nbiz1 installed\n"
@@ -68,6 +71,10 @@ async def kubectl_run(kubectl: list[str], *args: str) -> tuple[int, str, str]:
         raise AssertionError(f"kubectl {what} did not finish in {KUBECTL_SECONDS}s") from None
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def addresses(node: client.V1Node) -> list[tuple[str, str]]:
+    return [(a.type, a.address) for a in node.status.addresses or []]
 
 
 def module_pod(node: str) -> Any:
@@ -111,12 +118,15 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
         KUBECONFIG=str(restricted.kubeconfig),
         KUBELET_PROXY_ENABLED="true",
         KUBELET_PROXY_PORT=str(port),
+        KUBELET_PROXY_ADDRESS=PROXY_ADDRESS,
     )
     cluster = Cluster(k8s_api, operator)
     core = client.CoreV1Api(k8s_api)
-    base = await start_base(host_name=BASE_POD)
+    base = await start_base()
+    base_pod = base.config.resolved_host_name  # a base in a pod reports its pod's name
     node = await cluster.wait_ready(node_name(base))
     assert node.status.daemon_endpoints.kubelet_endpoint.port == port
+    assert addresses(node) == [("InternalIP", PROXY_ADDRESS)]
     await core.create_namespaced_pod(namespace, module_pod(node.metadata.name))
 
     async def diagnose() -> str:
@@ -134,6 +144,14 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
 
     await wait_for(scheduled, timeout=20, what="the module pod on the node", diagnose=diagnose)
 
+    async def pod_ip() -> str | None:
+        pod = await core.read_namespaced_pod(MODULE_POD, namespace)
+        return pod.status.pod_ip if pod.status.host_ip else None
+
+    # The node's address is the proxy's; the module pod's IPs stay the base's.
+    shown = await wait_for(pod_ip, timeout=20, what="the module pod's IP", diagnose=diagnose)
+    assert shown == base.config.ip
+
     async def logs(*args: str) -> tuple[int, str, str]:
         return await kubectl_run(kubectl, "logs", "-n", namespace, *args)
 
@@ -141,13 +159,13 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
     code, out, err = await logs(MODULE_POD)
     assert code != 0, out
     assert "is not a pod in the cluster" in err, f"{err}\n{await diagnose()}"
-    assert f"no pod named '{BASE_POD}' in namespace {namespace}" in err, err
+    assert f"no pod named '{base_pod}' in namespace {namespace}" in err, err
     assert "base.koupleless.io/host-name" in err, err
 
     # --- the base runs as a pod: its log, directly and as the module pod's ------------------
-    log_file = await host_kubelet.run_pod(namespace, BASE_POD, "base")
+    log_file = await host_kubelet.run_pod(namespace, base_pod, "base")
     log_file.write_text(FIRST_LINES)
-    assert await logs(BASE_POD) == (0, FIRST_LINES, "")
+    assert await logs(base_pod) == (0, FIRST_LINES, "")
     code, out, err = await logs(MODULE_POD)
     assert (code, out) == (0, FIRST_LINES), f"{err}\n{await diagnose()}"
     assert await logs(MODULE_POD, "--tail=1") == (0, "biz1 installed\n", "")
@@ -180,3 +198,84 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
     )
     await core.delete_namespaced_pod(MODULE_POD, namespace, grace_period_seconds=0)
     _assert_never_forbidden(operator)
+
+
+async def test_nodes_advertise_the_cluster_ip_of_the_labelled_service_in_namespace(
+    k8s_api: client.ApiClient,
+    namespace: str,
+    run_operator: OperatorFactory,
+    start_base: BaseFactory,
+    restricted: Restricted,  # noqa: F811
+) -> None:
+    """The Go controller's way, under the shipped ClusterRole: without KUBELET_PROXY_ADDRESS
+    the nodes advertise the ClusterIP of the Service labelled
+    virtual-kubelet.koupleless.io/kubelet-proxy-service=true in NAMESPACE; without such a
+    Service the operator does not start, and says what to do."""
+    cluster = Cluster(k8s_api)
+    core = client.CoreV1Api(k8s_api)
+    port = free_port()
+
+    def with_the_proxy() -> OperatorProcess:
+        return run_operator(
+            KUBECONFIG=str(restricted.kubeconfig),
+            KUBELET_PROXY_ENABLED="true",
+            KUBELET_PROXY_PORT=str(port),
+            NAMESPACE=namespace,
+        )
+
+    # A node written before the proxy was turned on shows the base's IP and host name.
+    before = run_operator(KUBECONFIG=str(restricted.kubeconfig))
+    base = await start_base()
+    node = await cluster.wait_ready(node_name(base))
+    assert ("Hostname", base.config.resolved_host_name) in addresses(node)
+    uid = node.metadata.uid
+    before.stop()
+
+    # No Service: start-up fails with one line naming the label, the namespace and the way out.
+    refused = with_the_proxy()
+
+    async def exited() -> bool:
+        return refused.exit_code is not None
+
+    await wait_for(exited, timeout=30, what="the operator to give up", diagnose=_tail(refused))
+    last = refused.log.read_text().strip().splitlines()[-1]
+    assert refused.exit_code == 1, last
+    assert last.startswith("module-controller: start-up failed: "), last
+    where = f"{PROXY_SERVICE_LABEL}=true in namespace {namespace} (NAMESPACE)"
+    assert f"no Service is labelled {where}" in last, last
+    assert "KUBELET_PROXY_ADDRESS" in last, last
+    assert not FORBIDDEN.search(refused.log.read_text()), refused.tail()
+
+    # The Service (here without a selector: only its ClusterIP matters to this test).
+    service: Any = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kubelet-proxy", "labels": {PROXY_SERVICE_LABEL: "true"}},
+        "spec": {"ports": [{"name": "kubelet-proxy", "port": port}]},
+    }
+    created = await core.create_namespaced_service(namespace, service)
+    cluster_ip = created.spec.cluster_ip
+    operator = with_the_proxy()
+    cluster.operator = operator
+
+    # The adopted node shows the ClusterIP alone: the base's Hostname is gone, not merged in.
+    async def advertised() -> client.V1Node | None:
+        found = await cluster.node(node_name(base))
+        return found if found and addresses(found) == [("InternalIP", cluster_ip)] else None
+
+    node = await wait_for(
+        advertised,
+        timeout=30,
+        what=f"the node's only address {cluster_ip}",
+        diagnose=lambda: cluster.describe(node_name(base)),
+    )
+    assert node.metadata.uid == uid, "the same node, patched"
+    assert node.status.daemon_endpoints.kubelet_endpoint.port == port
+    _assert_never_forbidden(operator)
+
+
+def _tail(operator: OperatorProcess) -> Callable[[], Awaitable[str]]:
+    async def tail() -> str:
+        return operator.tail()
+
+    return tail

@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from module_controller.kubelet_proxy.address import PROXY_SERVICE_LABEL
 from module_controller.settings import Settings
 from module_controller.testbed.binaries import KUBERNETES_VERSION
 from module_controller.testbed.helm import ensure_helm
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
+# Applied only by who turns on what they serve (the HTTP tunnel, the kubelet proxy).
+OPTIONAL_MANIFESTS = MANIFESTS / "optional"
 DOCKERFILE = REPO / "operator" / "Dockerfile"
 CHART = REPO / "operator" / "chart" / "module-controller"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -117,7 +120,7 @@ def operator_namespace(kubectl: list[str]) -> Iterator[str]:
 def test_every_manifest_is_accepted_by_the_api_server(
     kubectl: list[str], operator_namespace: str
 ) -> None:
-    files = sorted(MANIFESTS.glob("*.yaml"))
+    files = sorted(MANIFESTS.glob("*.yaml")) + sorted(OPTIONAL_MANIFESTS.glob("*.yaml"))
     expected = {_identity(doc) for path in files for doc in _documents(path.read_text())}
     kinds = {kind for kind, _, _ in expected}
     assert kinds >= {
@@ -127,10 +130,11 @@ def test_every_manifest_is_accepted_by_the_api_server(
         "ClusterRoleBinding",
         "Secret",
         "Deployment",
+        "Service",
     }
     assert all(ns in ("", operator_namespace) for _, ns, _ in expected)
 
-    answered = _apply_dry_run(kubectl, ["-f", str(MANIFESTS)])
+    answered = _apply_dry_run(kubectl, ["-f", str(MANIFESTS), "-f", str(OPTIONAL_MANIFESTS)])
     assert answered == expected
 
 
@@ -203,6 +207,16 @@ def _deployments(helm: Path) -> dict[str, Document]:
     return found
 
 
+# The container ports each Deployment declares: the chart's only for what is on; the plain
+# manifests' always (the optional Services target them by name).
+ALL_PORTS = {"health": 8081, "metrics": 9090, "http-tunnel": 7777, "kubelet-proxy": 10250}
+EXPECTED_PORTS = {
+    "manifests": ALL_PORTS,
+    "plain-values.yaml": {"health": 8081, "metrics": 9090},
+    "full-values.yaml": ALL_PORTS,
+}
+
+
 def test_every_deployment_runs_one_operator_with_probes_as_non_root(helm: Path) -> None:
     for source, deployment in _deployments(helm).items():
         spec = deployment["spec"]
@@ -213,7 +227,7 @@ def test_every_deployment_runs_one_operator_with_probes_as_non_root(helm: Path) 
         assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate"), source
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-        assert ports == {"health": 8081, "metrics": 9090}, source
+        assert ports == EXPECTED_PORTS[source], source
         assert (env["HEALTH_PORT"], env["METRICS_PORT"]) == ("8081", "9090"), source
         assert pod["securityContext"]["runAsNonRoot"] is True, source
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, source
@@ -262,7 +276,7 @@ def test_tls_files_are_mounted_where_the_settings_point(helm: Path) -> None:
 def test_the_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     docs = _render(helm, OPERATOR_NAMESPACE, CHART / "ci" / "full-values.yaml")
     monitor = _only(docs, "ServiceMonitor")
-    service = _only(docs, "Service")
+    service = _service(docs, "metrics")
     (endpoint,) = monitor["spec"]["endpoints"]
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
@@ -275,6 +289,113 @@ def test_the_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     plain = _render(helm, OPERATOR_NAMESPACE, CHART / "ci" / "plain-values.yaml")
     assert not [doc for doc in plain if doc["kind"] == "ServiceMonitor"], "off by default"
+
+
+def _service(docs: list[Document], component: str) -> Document:
+    found = [
+        doc
+        for doc in docs
+        if doc["kind"] == "Service"
+        and doc["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    assert len(found) == 1, f"expected one {component} Service, found {len(found)}"
+    return found[0]
+
+
+def _container(deployment: Document) -> Document:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def _env(container: Document) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _assert_reaches(service: Document, deployment: Document) -> int:
+    """The Service selects the operator's pod and targets a port it declares; that port."""
+    template = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    declared = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+    assert port["targetPort"] in declared, (port, declared)
+    assert declared[port["targetPort"]] == port["port"], "one number, for the nodes to advertise"
+    number: int = port["port"]
+    return number
+
+
+def _mounted_at(pod: Document, container: Document, path: str) -> Document:
+    """The volume whose mount holds the file `path`."""
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert isinstance(volume, dict)
+    return volume
+
+
+def test_the_tunnel_and_kubelet_proxy_services_come_only_with_what_they_serve(
+    helm: Path,
+) -> None:
+    plain = _render(helm, OPERATOR_NAMESPACE, CHART / "ci" / "plain-values.yaml")
+    assert [doc["metadata"]["name"] for doc in plain if doc["kind"] == "Service"] == [
+        "module-controller-metrics"
+    ]
+    env = _env(_container(_only(plain, "Deployment")))
+    assert not {n for n in env if n.startswith(("ENABLE_", "KUBELET_PROXY_", "HTTP_TUNNEL"))}
+
+    docs = _render(helm, OPERATOR_NAMESPACE, CHART / "ci" / "full-values.yaml")
+    deployment = _only(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    env = _env(container)
+    # The HTTP tunnel, beside MQTT (the operator runs MQTT beside HTTP only when told to).
+    tunnel = _service(docs, "http-tunnel")
+    assert _assert_reaches(tunnel, deployment) == int(env["HTTP_TUNNEL_LISTEN_PORT"]) == 7777
+    assert (env["ENABLE_HTTP_TUNNEL"], env["ENABLE_MQTT_TUNNEL"]) == ("true", "true")
+    # The kubelet proxy: the Service the operator looks up in its own namespace, on the port
+    # the nodes advertise.
+    proxy = _service(docs, "kubelet-proxy")
+    assert proxy["metadata"]["labels"][PROXY_SERVICE_LABEL] == "true"
+    assert proxy["spec"]["type"] == "ClusterIP"
+    assert _assert_reaches(proxy, deployment) == int(env["KUBELET_PROXY_PORT"]) == 10250
+    assert env["KUBELET_PROXY_ENABLED"] == "true"
+    assert env["NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert proxy["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    tls = _mounted_at(pod, container, env["KUBELET_PROXY_TLS_CRT_PATH"])
+    assert tls["secret"]["secretName"] == "my-kubelet-proxy-tls"
+    assert _mounted_at(pod, container, env["KUBELET_PROXY_TLS_KEY_PATH"]) == tls
+    ca = _mounted_at(pod, container, env["KUBELET_PROXY_CLIENT_CA_PATH"])
+    assert ca["configMap"]["name"] == "kube-root-ca.crt"
+    assert env["KUBELET_PROXY_CLIENT_CA_PATH"].endswith("/ca.crt")
+
+
+def test_the_optional_manifests_reach_the_plain_deployment() -> None:
+    deployment = _only(_documents((MANIFESTS / "05-deployment.yaml").read_text()), "Deployment")
+    defaults = Settings()
+    tunnel = _only(_documents((OPTIONAL_MANIFESTS / "http-tunnel.yaml").read_text()), "Service")
+    assert _assert_reaches(tunnel, deployment) == defaults.http_tunnel_listen_port
+    proxy = _only(_documents((OPTIONAL_MANIFESTS / "kubelet-proxy.yaml").read_text()), "Service")
+    assert proxy["metadata"]["labels"][PROXY_SERVICE_LABEL] == "true"
+    assert _assert_reaches(proxy, deployment) == defaults.kubelet_proxy_port
+    assert proxy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+
+
+def test_the_chart_needs_a_tunnel_and_a_broker_only_for_mqtt(helm: Path) -> None:
+    base = [str(helm), "template", "module-controller", str(CHART)]
+    none = subprocess.run(
+        [*base, "--set", "mqtt.enabled=false"],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert none.returncode != 0
+    assert "enable at least one tunnel" in none.stderr
+    http_only = _documents(
+        _run([*base, "--set", "mqtt.enabled=false", "--set", "httpTunnel.enabled=true"]).stdout
+    )
+    env = _env(_container(_only(http_only, "Deployment")))
+    assert (env["ENABLE_MQTT_TUNNEL"], env["ENABLE_HTTP_TUNNEL"]) == ("false", "true")
+    assert "MQTT_BROKER" not in _only(http_only, "Secret")["stringData"]
 
 
 def test_the_image_installs_the_wheel_without_extras() -> None:

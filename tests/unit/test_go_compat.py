@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from module_controller import cli, go_compat, naming, run_cli
+from module_controller.kubelet_proxy.tls import make_self_signed
 from module_controller.modules.baseline import template_targets
 from module_controller.modules.spec import pod_modules
 from module_controller.protocol import BaseMetadata, BaseStatus
@@ -193,6 +194,62 @@ def test_a_bad_tunnel_setting_is_one_line_and_exit_2(env: dict[str, str], line: 
     assert done.stderr.splitlines() == [line]
 
 
+# --- the kubelet proxy: NAMESPACE, the address, the port, the client CA ----------------------
+
+
+def test_namespace_is_the_pods_own_unless_set_and_default_outside_a_pod(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    own = tmp_path / "namespace"
+    monkeypatch.setattr(go_compat, "SERVICE_ACCOUNT_NAMESPACE_FILE", own)
+    assert load_settings().namespace == "default"  # not in a pod: the Go default
+    own.write_text("module-controller")
+    assert load_settings().namespace == "module-controller"
+    monkeypatch.setenv("NAMESPACE", "kubelet-proxy")
+    assert load_settings().namespace == "kubelet-proxy"
+
+
+def test_the_proxy_address_is_an_ip_and_empty_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBELET_PROXY_ADDRESS", "")
+    assert load_settings().kubelet_proxy_address is None
+    monkeypatch.setenv("KUBELET_PROXY_ADDRESS", "fd00::a")
+    assert str(load_settings().kubelet_proxy_address) == "fd00::a"
+    monkeypatch.setenv("KUBELET_PROXY_ADDRESS", "proxy.example")
+    with pytest.raises(SettingsError, match="KUBELET_PROXY_ADDRESS: value is not a valid IPv4"):
+        load_settings()
+
+
+def test_the_proxy_port_may_be_0_only_while_the_proxy_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBELET_PROXY_PORT", "0")
+    assert load_settings().kubelet_proxy_port == 0
+    done = _run_operator(KUBELET_PROXY_ENABLED="true", KUBELET_PROXY_PORT="0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "module-controller: invalid settings: KUBELET_PROXY_PORT=0 with "
+        "KUBELET_PROXY_ENABLED=true: nodes advertise this port to the API server, so it must "
+        "be a fixed one (default 10250)"
+    ]
+
+
+def test_the_client_ca_must_be_a_readable_pem_certificate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.crt"
+    monkeypatch.setenv("KUBELET_PROXY_CLIENT_CA_PATH", str(missing))
+    with pytest.raises(SettingsError, match=f"KUBELET_PROXY_CLIENT_CA_PATH: cannot read {missing}"):
+        load_settings()
+    garbage = tmp_path / "ca.crt"
+    garbage.write_text("not a certificate\n")
+    monkeypatch.setenv("KUBELET_PROXY_CLIENT_CA_PATH", str(garbage))
+    with pytest.raises(SettingsError, match=f"KUBELET_PROXY_CLIENT_CA_PATH {garbage} is not a PEM"):
+        load_settings()
+    crt, _ = make_self_signed(tmp_path)
+    monkeypatch.setenv("KUBELET_PROXY_CLIENT_CA_PATH", str(crt))
+    assert load_settings().kubelet_proxy_client_ca_path == crt
+
+
 # --- ignored names at start -----------------------------------------------------------------
 
 
@@ -299,6 +356,7 @@ def test_the_go_style_controller_manifest_sets_every_go_name_and_loads(
     assert settings.client_id == _VALUE_FROM["metadata.name"]
     assert (settings.enable_mqtt_tunnel, settings.enable_http_tunnel) == (True, True)
     assert settings.mqtt_ca_path is None  # empty: no TLS, as in Go
+    assert settings.namespace == "module-controller"  # the Go meaning: the pod's namespace
     assert settings.module_selector == "virtual-kubelet.koupleless.io/component=module"
     assert naming.node_name(settings.node_name_template, "10.0.0.5", settings.env) == (
         "vnode.10.0.0.5.dev"

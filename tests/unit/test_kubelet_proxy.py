@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,7 +245,12 @@ def _record() -> BaseRecord:
 
 
 def test_the_node_advertises_the_proxy_port_only_when_the_proxy_is_on() -> None:
-    on = node_manifest(_record(), Settings(kubelet_proxy_enabled=True, kubelet_proxy_port=10351))
+    proxy = Settings(
+        kubelet_proxy_enabled=True,
+        kubelet_proxy_port=10351,
+        kubelet_proxy_address=ipaddress.ip_address("10.96.0.7"),
+    )
+    on = node_manifest(_record(), proxy)
     off = node_manifest(_record(), Settings())
     assert on["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10351}}
     assert kubelet_port_of(off) == 0

@@ -41,3 +41,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "module-controller.tlsDir" -}}
 /etc/module-controller/mqtt-tls
 {{- end }}
+
+{{/* Where the kubelet proxy's certificate and client CA are mounted. */}}
+{{- define "module-controller.kubeletProxyTlsDir" -}}
+/etc/module-controller/kubelet-proxy-tls
+{{- end }}
+
+{{- define "module-controller.kubeletProxyClientCaDir" -}}
+/etc/module-controller/kubelet-proxy-client-ca
+{{- end }}
