@@ -13,7 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from module_controller.inbox import Inbox, ModulePodChanged, NodeDeleted, OperatorEvent, Tick
+from module_controller.inbox import (
+    Inbox,
+    ModulePodChanged,
+    NodeDeleted,
+    OperatorEvent,
+    OwnershipGained,
+    Tick,
+)
 from module_controller.k8s_events import EventRecorder, ObjectRef
 from module_controller.lograte import RateLimitedLog
 from module_controller.modules.baseline import BaselineAnswers
@@ -24,6 +31,7 @@ from module_controller.observability.server import HealthChecks
 from module_controller.protocol import BaseStatus
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.gate import OwnerGate, SoleOwner
 from module_controller.tasks import BackgroundTasks
 from module_controller.tunnels.events import (
     ArkletCallFailed,
@@ -69,6 +77,7 @@ class Dispatcher:
         events: EventRecorder,
         health: HealthChecks,
         metrics: Metrics,
+        owner: OwnerGate | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -79,6 +88,8 @@ class Dispatcher:
         self.events = events
         self.health = health
         self.metrics = metrics
+        # Events and baselines only for the bases this replica owns (shards/).
+        self.owner: OwnerGate = owner or SoleOwner()
         self.retirements = BackgroundTasks("dispatcher")
         self._probe_denied_told = False
         self._log = RateLimitedLog(log)
@@ -129,8 +140,9 @@ class Dispatcher:
             case BatchInstallResult(identity=identity, result=result):
                 if identity in self.registry.bases:
                     self.module_sync.batch_answered(identity, result)
-            case BaselineQuery():
-                self.baseline.answer(event)
+            case BaselineQuery(identity=identity):
+                if self.owner.may_write_node(self.registry.node_name_for(identity), identity):
+                    self.baseline.answer(event)
             case BrokerConnected():
                 # A fresh session whose subscriptions were acknowledged: the broker delivers.
                 self._broker_delivers()
@@ -146,6 +158,8 @@ class Dispatcher:
                 self.registry.broker_down()
             case ModulePodChanged(type=type_, body=body):
                 self._module_pod_changed(type_, body)
+            case OwnershipGained(node_names=names):
+                self._adopt(names)
             case NodeDeleted(name=name):
                 if self.registry.base_of_node(name) is not None:
                     log.info("Node %s was deleted while its base is alive: recreating it.", name)
@@ -191,19 +205,37 @@ class Dispatcher:
             else:
                 self.nodes.resync([name])
             node = self._node_ref(name)
+            ours = (
+                self.owner.holds(name)
+                if record is None
+                else self.owner.may_write_node(name, record.identity)
+            )
             if record is None:
                 gone = departure or f"the base of {name} is gone"
-                self.events.record(node, "Normal", "BaseGone", gone)
+                if ours:
+                    self.events.record(node, "Normal", "BaseGone", gone)
                 for identity in list(self.module_state.base_modules):
                     if identity not in self.registry.bases:
                         self.module_state.forget_base(identity)
                         self.module_sync.forget_base(identity)
+            elif not ours:
+                continue  # another replica's base: it tells
             elif not record.ready:
                 self.events.record(node, "Warning", "BaseNotReady", str(record.not_ready_reason))
             elif name not in self.nodes.existing:
                 self.events.record(
                     node, "Normal", "BaseOnline", f"base {record.identity} is online at {record.ip}"
                 )
+
+    def _adopt(self, names: tuple[str, ...]) -> None:
+        """Bases this replica took over: read what they run, then act (nothing re-sent)."""
+        for name in names:
+            record = self.registry.base_of_node(name)
+            self.nodes.resync([name])
+            if record is None:
+                continue
+            self.module_sync.want_inventory(record.identity)
+            self.module_sync.base_changed(record.identity)
 
     def _node_ref(self, name: str) -> ObjectRef:
         applied = self.nodes.existing.get(name)
@@ -280,6 +312,8 @@ class Dispatcher:
             detail,
         )
         for record in self.registry.live_bases():
+            if not self.owner.holds(record.node_name):
+                continue
             self.events.record(
                 self._node_ref(record.node_name),
                 "Warning",

@@ -37,6 +37,13 @@ class NodeDeleted:
 
 
 @dataclass(frozen=True)
+class OwnershipGained:
+    """This replica now holds these nodes' Leases: adopt their bases (from their inventory)."""
+
+    node_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Tick:
     """A second went by: judge liveness and the broker. The broker facts come with it.
 
@@ -48,7 +55,7 @@ class Tick:
     probe_returned: bool
 
 
-OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | Tick
+OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipGained | Tick
 
 
 class Inbox:

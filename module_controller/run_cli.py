@@ -19,7 +19,8 @@ from module_controller.go_compat import describe_go_settings, ignored_go_setting
 from module_controller.kube import ClusterConfigError, check_cluster_config
 from module_controller.observability.logging import configure_logging
 from module_controller.operator_memo import OperatorMemo
-from module_controller.settings import SettingsError, describe_settings, load_settings
+from module_controller.settings import SettingsError, load_settings
+from module_controller.settings_help import describe_settings
 
 log = logging.getLogger(__name__)
 

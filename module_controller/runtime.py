@@ -24,7 +24,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 
 from module_controller.dispatcher import Dispatcher
-from module_controller.inbox import Inbox, Tick
+from module_controller.inbox import Inbox, OwnershipGained, Tick
 from module_controller.k8s_events import EventRecorder
 from module_controller.kubelet_proxy.address import resolve_proxy_address
 from module_controller.kubelet_proxy.server import KubeletProxy
@@ -36,6 +36,8 @@ from module_controller.observability.metrics import Metrics, MqttDropReason
 from module_controller.observability.server import HealthChecks
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.membership import Membership
+from module_controller.shards.ownership import Ownership
 from module_controller.tasks import cancel_and_wait
 from module_controller.tunnels.arklet_http import ArkletHttpClient
 from module_controller.tunnels.events import TunnelUnavailable
@@ -77,7 +79,16 @@ class Runtime:
         self.inbox = Inbox(settings.event_queue_size, self.metrics)
         self.registry = BaseRegistry(settings)
         self.module_state = ModuleState()
-        self.nodes = NodeSyncer(settings, self.registry, api)
+        # Bases sharded over the live replicas: each writes and sends only for its own.
+        self.membership = Membership(settings, api)
+        inbox = self.inbox  # the callback below feeds it, not the runtime
+        self.ownership = Ownership(
+            settings,
+            self.membership,
+            api,
+            gained=lambda names: inbox.put(OwnershipGained(tuple(names))),
+        )
+        self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
         self.nodes.api_errors = lambda status: metrics.record_api_error("nodes", status)
         self.mqtt: MqttTunnel | None = None
@@ -110,6 +121,7 @@ class Runtime:
             api,
             self.metrics,
             RecordedPodEvents(self.events),
+            owner=self.ownership,
         )
         self.baseline = BaselineAnswers(settings, deployment_lister(api), self.tunnel.send_baseline)
         # Peer Deployments follow the Ready bases of their cluster (fed by handlers/peer.py).
@@ -140,6 +152,7 @@ class Runtime:
             self.events,
             self.health,
             self.metrics,
+            owner=self.ownership,
         )
         # kubectl logs for module pods: a kubelet log API serving the base pod's log.
         self.kubelet_proxy: KubeletProxy | None = None
@@ -163,6 +176,7 @@ class Runtime:
             self.settings.kubelet_proxy_address = address
             await self.kubelet_proxy.start()  # first: a port in use fails the start at once
         await self.nodes.adopt_existing()
+        await self._replicas()  # a member, and the node Leases read, before anything is done
         self.health.set("kubernetes", True, "listed this operator's nodes")
         self.nodes.start()
         self.events.start()
@@ -179,6 +193,7 @@ class Runtime:
             await self.http_server.start()
             self.health.set("http", True, f"listening on port {self.http_server.port}")
         self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
+        self._spawn(self._every(self.settings.replica_retry_seconds, self._replicas), "replicas")
         self._spawn(
             self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
             "inventories",
@@ -202,6 +217,13 @@ class Runtime:
         if self.arklet_http is not None:
             await self.arklet_http.stop()  # after the module sync: it sends the calls
         await self.nodes.stop()
+        try:
+            # Hand the bases on at once: the next owner claims them without waiting for
+            # this replica's Leases to run out.
+            await self.ownership.release_all()
+            await self.membership.leave()
+        except Exception as error:  # the others take over when the Leases run out
+            log.warning("Could not give this replica's Leases up: %s", error)
         await self.events.stop()
 
     async def _list_module_pods(self) -> None:
@@ -260,9 +282,19 @@ class Runtime:
         else:
             await self.inbox.put(Tick(self.mqtt.delivery_silence(), self.mqtt.probe_returned))
 
+    async def _replicas(self) -> None:
+        """Renew membership, then claim and hand over bases (shards/)."""
+        await self.membership.round()
+        bases = {record.node_name: record.identity for record in self.registry.live_bases()}
+        await self.ownership.round(bases)
+        self.metrics.set_bases_owned(len(self.ownership.held()))
+
+    def _owned_identities(self) -> list[str]:
+        return [r.identity for r in self.registry.live_bases() if self.ownership.holds(r.node_name)]
+
     async def _poll_inventories(self) -> None:
         """Ask every live base for its full module list (spread a little over time)."""
-        for number, identity in enumerate(list(self.registry.identities())):
+        for number, identity in enumerate(self._owned_identities()):
             try:
                 await self.tunnel.query_all_biz(identity)
             except TunnelUnavailable:
@@ -271,7 +303,7 @@ class Runtime:
                 await asyncio.sleep(0)
 
     async def _poll_health(self) -> None:
-        for identity in list(self.registry.identities()):
+        for identity in self._owned_identities():
             try:
                 await self.tunnel.query_health(identity)
             except TunnelUnavailable:

@@ -34,13 +34,6 @@ _FILE_SETTINGS = (
     "kubelet_proxy_client_ca_path",
 )
 
-# Defaults that `repr` would not say well, for `run --help`.
-_DEFAULT_TEXT = {
-    "client_id": "a new UUID",
-    "enable_mqtt_tunnel": "true; false when ENABLE_HTTP_TUNNEL=true",
-    "namespace": "the operator pod's own namespace, else 'default'",
-}
-
 
 class SettingsError(ValueError):
     """Settings that cannot work; the message names each bad environment variable."""
@@ -165,6 +158,22 @@ class Settings(BaseSettings):
         "server's --kubelet-client-certificate (signed by the cluster CA). Unset: anyone.",
     )
 
+    # --- replicas (bases sharded over the live replicas on Leases) ------------------------
+    replica_lease_seconds: float = Field(
+        default=15,
+        gt=0,
+        description="Duration of each replica's membership Lease in NAMESPACE: a replica "
+        "not heard of for this long is gone and its bases are taken over.",
+    )
+    replica_renew_deadline_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="A replica that could not renew its membership for this long stops "
+        "acting on every base at once (before anyone may take them over).",
+    )
+    replica_retry_seconds: float = Field(
+        default=2, gt=0, description="How often membership is renewed and ownership checked."
+    )
     # --- nodes ------------------------------------------------------------------------------
     node_name_template: str = Field(
         default="virtual-node-{identity}",
@@ -391,6 +400,15 @@ class Settings(BaseSettings):
             raise ValueError("BASE_DEAD_SECONDS must be longer than BASE_NOT_READY_SECONDS")
         if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise ValueError("LEASE_RENEW_SECONDS must be shorter than LEASE_DURATION_SECONDS")
+        if self.replica_renew_deadline_seconds >= self.replica_lease_seconds:
+            raise ValueError(
+                "REPLICA_RENEW_DEADLINE_SECONDS must be shorter than REPLICA_LEASE_SECONDS: a "
+                "replica must stop acting before others may take its bases over"
+            )
+        if self.replica_retry_seconds >= self.replica_renew_deadline_seconds:
+            raise ValueError(
+                "REPLICA_RETRY_SECONDS must be shorter than REPLICA_RENEW_DEADLINE_SECONDS"
+            )
         if self.install_retry_max_seconds < self.install_retry_seconds:
             raise ValueError(
                 "INSTALL_RETRY_MAX_SECONDS must not be shorter than INSTALL_RETRY_SECONDS"
@@ -468,19 +486,3 @@ def load_settings() -> Settings:
             # A check across fields has no place; its message names the variables itself.
             problems.append(f"{where}: {message}" if where else message)
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
-
-
-def describe_settings() -> str:
-    """Every setting with its variable, default and meaning, for `run --help`."""
-    lines = []
-    for name, field in Settings.model_fields.items():
-        if name in _DEFAULT_TEXT:
-            default = _DEFAULT_TEXT[name]
-        elif field.default_factory is not None:
-            default = "computed"
-        elif isinstance(field.default, bool):
-            default = str(field.default).lower()  # as it is written in a manifest
-        else:
-            default = repr(field.default) if field.default not in (None, "") else "unset"
-        lines.append(f"  {name.upper():<26} {field.description} (default: {default})")
-    return "\n".join(lines)

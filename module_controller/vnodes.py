@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.gate import OwnerGate, SoleOwner
 from module_controller.vnode_manifest import (
     COMPONENT_LABEL,
     ENV_LABEL,
@@ -58,10 +59,17 @@ class NodeSyncer:
     """Makes each Node and its Lease match the registry; patches only what differs."""
 
     def __init__(
-        self, settings: Settings, registry: BaseRegistry, api: client.ApiClient, workers: int = 8
+        self,
+        settings: Settings,
+        registry: BaseRegistry,
+        api: client.ApiClient,
+        workers: int = 8,
+        owner: OwnerGate | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        # Writes only for the bases this replica owns (shards/ownership.py).
+        self.owner: OwnerGate = owner or SoleOwner()
         self.api = api
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
@@ -125,8 +133,14 @@ class NodeSyncer:
     async def sync(self, name: str) -> None:
         record = self.registry.base_of_node(name)
         if record is None:
-            await self._delete(name)
+            if self.owner.holds(name):
+                await self._delete(name)
+            else:
+                self.existing.pop(name, None)
+                self.transitions.pop(name, None)
             return
+        if not self.owner.may_write_node(name, record.identity):
+            return  # another replica's base: it writes the node
         desired = node_manifest(record, self.settings, self.transitions.get(name))
         applied = self.existing.get(name)
         if applied is None:
@@ -136,7 +150,11 @@ class NodeSyncer:
                 if error.status != 409:
                     raise
                 current = self._raw(await self.core.read_node(name))
-                applied = AppliedNode.of(current["metadata"]["uid"], current)
+                self.existing[name] = AppliedNode.of(current["metadata"]["uid"], current)
+                self.transitions[name] = transitions_of(current)
+                if not self.owner.holds(name):
+                    return  # made by another replica: its Lease says whose it is
+                applied = self.existing[name]
             else:
                 self.existing[name] = AppliedNode.of(created.metadata.uid, desired)
                 self.transitions[name] = transitions_of(desired)
@@ -216,22 +234,25 @@ class NodeSyncer:
         if name not in self.existing:
             return
         async with self._lease_limit:
-            renewal = {
-                "spec": {
-                    "holderIdentity": self.settings.client_id,
-                    "leaseDurationSeconds": self.settings.lease_duration_seconds,
-                    "renewTime": micro_timestamp(now_utc()),
-                }
-            }
+            # Renewed only while still ours: a test-and-set, so a replica that lost the
+            # base (taken over while it was partitioned) can never take it back by renewing.
+            renewal = [
+                {"op": "test", "path": "/spec/holderIdentity", "value": self.settings.client_id},
+                {"op": "replace", "path": "/spec/renewTime", "value": micro_timestamp(now_utc())},
+            ]
             try:
-                await self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, renewal)
+                renewed = await self._patch_lease(name, LEASE_NAMESPACE, renewal)
             except ApiException as error:
+                if error.status == 422:  # the test failed: another replica holds it now
+                    log.info("Node %s's Lease is held by another replica now.", name)
+                    self.owner.lost(name)
+                    return
                 if error.status != 404:
                     raise
                 if name not in self.existing:  # the node was deleted meanwhile: no lease
                     return
                 try:
-                    await self.coordination.create_namespaced_lease(
+                    created = await self.coordination.create_namespaced_lease(
                         LEASE_NAMESPACE, as_body(self._lease_body(name))
                     )
                 except ApiException as error:
@@ -239,10 +260,23 @@ class NodeSyncer:
                     # no lease: whichever created it second finds it fresh, not failed.
                     if error.status != 409:
                         raise
+                else:
+                    self.owner.lease_written(name, created)
+            else:
+                self.owner.lease_written(name, renewed)
+
+    async def _patch_lease(self, name: str, namespace: str, operations: list[Any]) -> Any:
+        # Typed Any: the client's stubs leave out `_content_type`, which it does take.
+        patch: Any = self.coordination.patch_namespaced_lease
+        return await patch(name, namespace, operations, _content_type="application/json-patch+json")
 
     async def renew_leases(self) -> None:
         """Renew the Lease of every node whose base is known; failures are logged, not fatal."""
-        names = [r.node_name for r in self.registry.live_bases() if r.node_name in self.existing]
+        names = [
+            r.node_name
+            for r in self.registry.live_bases()
+            if r.node_name in self.existing and self.owner.holds(r.node_name)
+        ]
         results = await asyncio.gather(
             *(self._renew_lease(name) for name in names), return_exceptions=True
         )

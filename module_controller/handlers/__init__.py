@@ -4,6 +4,6 @@
 as `module-controller run` does.
 """
 
-from module_controller.handlers import lifecycle, nodes, peer, pods
+from module_controller.handlers import leases, lifecycle, nodes, peer, pods
 
-__all__ = ["lifecycle", "nodes", "peer", "pods"]
+__all__ = ["leases", "lifecycle", "nodes", "peer", "pods"]

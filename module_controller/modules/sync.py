@@ -42,6 +42,7 @@ from module_controller.protocol import (
 from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.gate import OwnerGate, SoleOwner
 from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.workqueue import KeyedWorkQueue
 
@@ -82,6 +83,7 @@ class ModuleSync:
         metrics: Metrics,
         events: PodEvents,
         clock: Callable[[], float] = time.monotonic,
+        owner: OwnerGate | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -92,6 +94,8 @@ class ModuleSync:
         self.metrics = metrics
         self.events = events
         self.clock = clock
+        # Commands and pod writes only for the bases this replica owns (shards/).
+        self.owner: OwnerGate = owner or SoleOwner()
         self.queue = KeyedWorkQueue(
             self.sync_base, workers=8, name="module sync", on_error=self._count_error
         )
@@ -163,8 +167,9 @@ class ModuleSync:
         self.base_changed(identity)
 
     async def _query_inventory(self, identity: str) -> None:
-        if identity not in self.registry.bases:
-            return  # gone meanwhile
+        record = self.registry.bases.get(identity)
+        if record is None or not self.owner.holds(record.node_name):
+            return  # gone meanwhile, or another replica's
         # Without the broker, the periodic poll asks again once it is back.
         with contextlib.suppress(TunnelUnavailable):
             await self.tunnel.query_all_biz(identity)
@@ -237,6 +242,8 @@ class ModuleSync:
             # The base is gone: base_gone() marked its pods; they are the pod garbage
             # collector's now, and nothing here may write them Ready again.
             return
+        if not self.owner.holds(record.node_name):
+            return  # another replica's base: it plans, sends and writes for it
         pods = self.state.pods_on(record.node_name)
         base = self.state.base_modules[identity]
         self._prune_sent(identity, set(base.installing), set(base.uninstalling))
@@ -259,7 +266,10 @@ class ModuleSync:
             # Each step awaits the network: the base may be retired meanwhile (its node
             # deleted, its pods marked by base_gone). The rest of the plan is then void —
             # no command to a gone base, no pod written Ready on it, no bookkeeping for it.
-            return self.registry.bases.get(identity) is not record
+            # Nor for a base this replica stopped owning (handed over, or fenced).
+            return self.registry.bases.get(identity) is not record or not self.owner.holds(
+                record.node_name
+            )
 
         for pod, status in plan.going_down:
             if gone():
@@ -343,7 +353,7 @@ class ModuleSync:
         The call may come late (it is a task of its own): a base heard again meanwhile is
         alive, and its pods are left alone.
         """
-        if self.registry.base_of_node(node_name) is not None:
+        if self.registry.base_of_node(node_name) is not None or not self.owner.holds(node_name):
             return
         text = bounded(f"the base of node {node_name} is gone: {message}")
         wall = datetime.datetime.now(datetime.UTC)

@@ -200,6 +200,11 @@ class Metrics:
             ["endpoint", "outcome"],
             registry=self.registry,
         )
+        self._bases_owned = Gauge(
+            f"{PREFIX}_bases_owned",
+            "Bases this replica owns (holds the node Lease of) and acts on.",
+            registry=self.registry,
+        )
         self._delivering = False
         self._create_known_series()
 
@@ -223,6 +228,9 @@ class Metrics:
 
     def set_bases(self, alive: int) -> None:
         self._bases.set(alive)
+
+    def set_bases_owned(self, owned: int) -> None:
+        self._bases_owned.set(owned)
 
     def set_nodes(self, by_condition: Mapping[NodeCondition, int]) -> None:
         """Set every condition's count; a condition missing from the mapping counts zero."""

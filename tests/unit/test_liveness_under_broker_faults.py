@@ -12,6 +12,7 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 from module_controller.dispatcher import Dispatcher
+from module_controller.shards.gate import SoleOwner
 from module_controller.inbox import Tick
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync
@@ -203,6 +204,7 @@ def judging_controller(settings: Settings, registry: BaseRegistry, tunnel: FakeT
     dispatcher.nodes = FakeNodes()  # type: ignore[assignment]
     dispatcher.events = events  # type: ignore[assignment]
     dispatcher._probe_denied_told = False
+    dispatcher.owner = SoleOwner()
     return Judge(dispatcher, tunnel, health, events)
 
 

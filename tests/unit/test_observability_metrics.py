@@ -28,6 +28,7 @@ EXPECTED_FAMILIES = {
     "module_controller_event_queue_depth": "gauge",
     "module_controller_arklet_http_calls": "counter",
     "module_controller_http_tunnel_requests": "counter",
+    "module_controller_bases_owned": "gauge",
 }
 
 

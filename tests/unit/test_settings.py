@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from module_controller.settings import SettingsError, describe_settings, load_settings
+from module_controller.settings import SettingsError, load_settings
+from module_controller.settings_help import describe_settings
 
 
 def test_defaults_match_the_go_controller(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,7 +73,7 @@ class FakeCluster:
         self.log.append(("delete node", name))
         self.nodes.pop(name, None)
 
-    async def patch_namespaced_lease(self, name: str, namespace: str, body: Any) -> None:
+    async def patch_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         if name not in self.leases:
             raise ApiException(status=404)
         self.log.append(("renew lease", name))

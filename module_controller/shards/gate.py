@@ -1,0 +1,30 @@
+"""What the parts that write ask before writing for a base: does this replica own it?
+
+`Ownership` answers from the node Leases; `SoleOwner` (one operator, no sharding: tests of
+single parts) always says yes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class OwnerGate(Protocol):
+    def holds(self, node_name: str) -> bool: ...
+    def may_write_node(self, node_name: str, identity: str) -> bool: ...
+    def lease_written(self, name: str, lease: Any) -> None: ...
+    def lost(self, name: str) -> None: ...
+
+
+class SoleOwner:
+    def holds(self, node_name: str) -> bool:
+        return True
+
+    def may_write_node(self, node_name: str, identity: str) -> bool:
+        return True
+
+    def lease_written(self, name: str, lease: Any) -> None:
+        pass
+
+    def lost(self, name: str) -> None:
+        pass

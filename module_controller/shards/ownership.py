@@ -1,0 +1,217 @@
+"""Which bases this replica owns: the holders of their nodes' Leases in kube-node-lease.
+
+The table of node Leases comes from a watch (`lease_seen` / `lease_gone`) and, after any
+time this replica could not act, from a fresh list, so a replica that comes back from a
+partition never acts on a stale view. `round` (every REPLICA_RETRY_SECONDS) claims the
+bases this replica should own whose holder is gone, and hands over, a few at a time, the
+ones a newer replica should own. Every write is a Lease update with the resourceVersion
+read (optimistic concurrency): two replicas never both win one.
+
+A holder is gone when its node Lease expired, or when it is no member any more and its
+node Lease has not been renewed for REPLICA_LEASE_SECONDS (a replica that just joined and
+claimed is not in an older member list, but its Lease is fresh).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from module_controller.settings import Settings
+from module_controller.shards.assignment import intended_owner
+from module_controller.shards.membership import Membership, lease_expired, parse_time
+from module_controller.vnode_manifest import (
+    COMPONENT_LABEL,
+    ENV_LABEL,
+    LEASE_NAMESPACE,
+    micro_timestamp,
+    now_utc,
+)
+
+log = logging.getLogger(__name__)
+
+# Bases handed to a newer replica per round: a joining replica takes its share gradually.
+HANDOVERS_PER_ROUND = 10
+
+Gained = Callable[[list[str]], Awaitable[None]]
+
+
+@dataclass
+class NodeLease:
+    holder: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    resource_version: str = ""
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> NodeLease:
+        spec = dict(body.get("spec") or {})
+        metadata = body.get("metadata") or {}
+        return cls(
+            str(spec.get("holderIdentity") or ""), spec, str(metadata.get("resourceVersion"))
+        )
+
+
+def node_lease_selector(settings: Settings) -> str:
+    return f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={settings.env}"
+
+
+class Ownership:
+    def __init__(
+        self,
+        settings: Settings,
+        membership: Membership,
+        api: client.ApiClient,
+        gained: Gained,
+    ) -> None:
+        self.settings = settings
+        self.membership = membership
+        self.me = settings.client_id
+        self.coordination = client.CoordinationV1Api(api)
+        self._api = api
+        self._gained = gained
+        self._table: dict[str, NodeLease] = {}
+        self._trusted = False  # the table may be stale until listed again
+
+    # --- what this replica may do -------------------------------------------------------
+
+    def holds(self, node_name: str) -> bool:
+        """This replica holds the base's node Lease and may act: commands, status, Events."""
+        if not (self._trusted and self.membership.acting):
+            return False
+        view = self._table.get(node_name)
+        return view is not None and view.holder == self.me
+
+    def may_write_node(self, node_name: str, identity: str) -> bool:
+        """May write the Node: held, or a new base (no Lease yet) this replica should own."""
+        if not (self._trusted and self.membership.acting):
+            return False
+        view = self._table.get(node_name)
+        if view is None:
+            return intended_owner(identity, self.membership.members) == self.me
+        return view.holder == self.me
+
+    def held(self) -> list[str]:
+        return [name for name in self._table if self.holds(name)]
+
+    # --- the watch ----------------------------------------------------------------------
+
+    async def lease_seen(self, name: str, body: Mapping[str, Any]) -> None:
+        before = self.holds(name)
+        self._table[name] = NodeLease.of(body)
+        if self.holds(name) and not before:
+            await self._gained([name])
+
+    def lease_gone(self, name: str) -> None:
+        self._table.pop(name, None)
+
+    def lease_written(self, name: str, lease: Any) -> None:
+        """Our own write (a new node's Lease, a renewal): known before the watch says so."""
+        self._table[name] = NodeLease.of(self._api.sanitize_for_serialization(lease))
+
+    def lost(self, name: str) -> None:
+        """A renewal found another holder: stop acting on it now; the watch tells who."""
+        view = self._table.get(name)
+        if view is not None and view.holder == self.me:
+            self._table[name] = NodeLease("", view.spec, view.resource_version)
+
+    # --- the rounds ---------------------------------------------------------------------
+
+    async def round(self, bases: Mapping[str, str]) -> None:
+        """Claim what this replica should own and is free; hand over what it should not.
+
+        `bases`: node name -> base identity, of every base this replica knows of.
+        """
+        if not self.membership.acting:
+            if self._trusted:
+                self._trusted = False
+                log.warning("Not a member now: acting on no base until the Leases are read again.")
+            return
+        if not self._trusted:
+            await self._relist()
+        members = self.membership.members
+        now = now_utc()
+        handed = 0
+        for name, identity in bases.items():
+            view = self._table.get(name)
+            if view is None:
+                continue  # no Lease yet: the node's creator writes it
+            intended = intended_owner(identity, members)
+            if view.holder == self.me:
+                if intended is not None and intended != self.me and handed < HANDOVERS_PER_ROUND:
+                    handed += 1
+                    await self._hand_over(name, view, intended)
+            elif intended == self.me and self._holder_gone(view, members, now):
+                await self._claim(name, view)
+
+    async def release_all(self) -> None:
+        """On a clean stop: every held Lease back to no holder, renewed now, so the next
+        owner claims it at once and the node never looks unattended."""
+        for name in self.held():
+            view = self._table[name]
+            await self._write(name, view, "", "released")
+
+    def _holder_gone(
+        self, view: NodeLease, members: tuple[str, ...], now: datetime.datetime
+    ) -> bool:
+        if not view.holder or lease_expired(view.spec, now):
+            return True
+        if view.holder in members:
+            return False
+        renewed = parse_time(view.spec.get("renewTime"))
+        quiet = datetime.timedelta(seconds=self.settings.replica_lease_seconds)
+        return renewed is None or now - renewed >= quiet
+
+    async def _relist(self) -> None:
+        leases = await self.coordination.list_namespaced_lease(
+            LEASE_NAMESPACE, label_selector=node_lease_selector(self.settings)
+        )
+        self._table = {
+            lease.metadata.name: NodeLease.of(self._api.sanitize_for_serialization(lease))
+            for lease in leases.items
+        }
+        self._trusted = True
+        held = self.held()
+        log.info("Read %d node Lease(s): this replica holds %d.", len(self._table), len(held))
+        if held:
+            await self._gained(held)
+
+    async def _claim(self, name: str, view: NodeLease) -> None:
+        if await self._write(name, view, self.me, "claimed"):
+            await self._gained([name])
+
+    async def _hand_over(self, name: str, view: NodeLease, to: str) -> None:
+        # Stop acting first: from here on this replica sends nothing for the base.
+        self._table[name] = NodeLease(to, view.spec, view.resource_version)
+        if not await self._write(name, view, to, f"handed over to {to}"):
+            self._trusted = False  # read the Leases again before acting on anything
+
+    async def _write(self, name: str, view: NodeLease, holder: str, what: str) -> bool:
+        now = micro_timestamp(now_utc())
+        spec = dict(view.spec)
+        transitions = int(spec.get("leaseTransitions") or 0)
+        spec.update(
+            {
+                "holderIdentity": holder or None,
+                "renewTime": now,
+                "acquireTime": now,
+                "leaseTransitions": transitions + 1,
+                "leaseDurationSeconds": self.settings.lease_duration_seconds,
+            }
+        )
+        body = {"metadata": {"resourceVersion": view.resource_version}, "spec": spec}
+        try:
+            written = await self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, body)
+        except ApiException as error:
+            if error.status in (404, 409):
+                log.info("Lease of node %s changed meanwhile: not %s.", name, what)
+                return False
+            raise
+        self.lease_written(name, written)
+        log.info("Lease of node %s %s (was %s).", name, what, view.holder or "free")
+        return True
