@@ -217,14 +217,19 @@ EXPECTED_PORTS = {
 }
 
 
-def test_every_deployment_runs_one_operator_with_probes_as_non_root(helm: Path) -> None:
+def test_every_deployment_rolls_pod_named_replicas_with_probes_as_non_root(
+    helm: Path,
+) -> None:
     for source, deployment in _deployments(helm).items():
         spec = deployment["spec"]
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
         env = {entry["name"]: entry.get("value") for entry in container["env"]}
-        assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate"), source
+        assert (spec["replicas"], spec["strategy"]["type"]) == (1, "RollingUpdate"), source
+        assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        (client_id,) = [e for e in container["env"] if e["name"] == "CLIENT_ID"]
+        assert client_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, source
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
         assert ports == EXPECTED_PORTS[source], source
@@ -403,3 +408,32 @@ def test_the_image_installs_the_wheel_without_extras() -> None:
     (tests/unit/test_operator_imports.py checks the operator needs each of them)."""
     installs = re.findall(r"pip install [^\n\\]*", DOCKERFILE.read_text())
     assert [install.split()[-1] for install in installs] == ["/dist/*.whl"], installs
+
+
+def test_three_replicas_get_a_disruption_budget_and_refuse_the_http_tunnel(helm: Path) -> None:
+    base = [
+        str(helm),
+        "template",
+        "mc",
+        str(CHART),
+        "--namespace",
+        "mc",
+        "--set",
+        "mqtt.broker=mqtt.example",
+        "--set",
+        "replicas=3",
+    ]
+    docs = _documents(_run(base).stdout)
+    assert _only(docs, "Deployment")["spec"]["replicas"] == 3
+    budget = _only(docs, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert not any(d["kind"] == "PodDisruptionBudget" for d in _documents(_run(base[:-2]).stdout))
+    refused = subprocess.run(
+        [*base, "--set", "httpTunnel.enabled=true"],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "httpTunnel.enabled needs replicas=1" in refused.stderr
