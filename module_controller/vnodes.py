@@ -177,6 +177,10 @@ class NodeSyncer:
             applied.uid, metadata_fingerprint(desired), status_fingerprint(desired)
         )
         self.transitions[name] = transitions_of(desired)
+        if not self.owner.holds(name):
+            # Ours to write, yet no Lease is known (it was deleted, or this replica made
+            # the node and the Lease write failed): make it, or learn whose it is.
+            await self._renew_lease(name)
 
     async def _patch_metadata(self, name: str, desired: dict[str, Any]) -> None:
         """Set our labels, annotations and taints, keeping taints others put there."""
