@@ -18,7 +18,7 @@ from module_controller.inbox import (
     ModulePodChanged,
     NodeDeleted,
     OperatorEvent,
-    OwnershipGained,
+    OwnershipChanged,
     Tick,
 )
 from module_controller.k8s_events import EventRecorder, ObjectRef
@@ -158,7 +158,7 @@ class Dispatcher:
                 self.registry.broker_down()
             case ModulePodChanged(type=type_, body=body):
                 self._module_pod_changed(type_, body)
-            case OwnershipGained(node_names=names):
+            case OwnershipChanged(node_names=names):
                 self._adopt(names)
             case NodeDeleted(name=name):
                 if self.registry.base_of_node(name) is not None:
@@ -228,12 +228,16 @@ class Dispatcher:
                 )
 
     def _adopt(self, names: tuple[str, ...]) -> None:
-        """Bases this replica took over: read what they run, then act (nothing re-sent)."""
+        """Bases this replica took over: start from what they run now, as a restarted
+        operator does (what was heard while another replica owned them may be stale), so
+        nothing is re-sent."""
         for name in names:
             record = self.registry.base_of_node(name)
             self.nodes.resync([name])
-            if record is None:
+            if record is None or not self.owner.holds(name):
                 continue
+            self.module_state.forget_base(record.identity)
+            self.module_sync.forget_base(record.identity)
             self.module_sync.want_inventory(record.identity)
             self.module_sync.base_changed(record.identity)
 

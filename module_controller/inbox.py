@@ -37,8 +37,9 @@ class NodeDeleted:
 
 
 @dataclass(frozen=True)
-class OwnershipGained:
-    """This replica now holds these nodes' Leases: adopt their bases (from their inventory)."""
+class OwnershipChanged:
+    """These nodes' Leases changed for this replica (now held, or gone): resync them, and
+    adopt the bases now held from their inventory."""
 
     node_names: tuple[str, ...]
 
@@ -55,7 +56,7 @@ class Tick:
     probe_returned: bool
 
 
-OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipGained | Tick
+OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipChanged | Tick
 
 
 class Inbox:

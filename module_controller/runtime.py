@@ -24,7 +24,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 
 from module_controller.dispatcher import Dispatcher
-from module_controller.inbox import Inbox, OwnershipGained, Tick
+from module_controller.inbox import Inbox, OwnershipChanged, Tick
 from module_controller.k8s_events import EventRecorder
 from module_controller.kubelet_proxy.address import resolve_proxy_address
 from module_controller.kubelet_proxy.server import KubeletProxy
@@ -86,7 +86,7 @@ class Runtime:
             settings,
             self.membership,
             api,
-            gained=lambda names: inbox.put(OwnershipGained(tuple(names))),
+            changed=lambda names: inbox.put(OwnershipChanged(tuple(names))),
         )
         self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime

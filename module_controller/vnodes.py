@@ -265,9 +265,9 @@ class NodeSyncer:
                     if error.status != 409:
                         raise
                 else:
-                    self.owner.lease_written(name, created)
+                    await self.owner.lease_written(name, created)
             else:
-                self.owner.lease_written(name, renewed)
+                await self.owner.lease_written(name, renewed)
 
     async def _patch_lease(self, name: str, namespace: str, operations: list[Any]) -> Any:
         # Typed Any: the client's stubs leave out `_content_type`, which it does take.

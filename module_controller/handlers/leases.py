@@ -23,6 +23,6 @@ async def node_lease_event(
     if runtime is None or namespace != LEASE_NAMESPACE:
         return
     if type == "DELETED":
-        runtime.ownership.lease_gone(name)
+        await runtime.ownership.lease_gone(name)
     else:
         await runtime.ownership.lease_seen(name, dict(body))

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 class OwnerGate(Protocol):
     def holds(self, node_name: str) -> bool: ...
     def may_write_node(self, node_name: str, identity: str) -> bool: ...
-    def lease_written(self, name: str, lease: Any) -> None: ...
+    async def lease_written(self, name: str, lease: Any) -> None: ...
     def lost(self, name: str) -> None: ...
 
 
@@ -23,7 +23,7 @@ class SoleOwner:
     def may_write_node(self, node_name: str, identity: str) -> bool:
         return True
 
-    def lease_written(self, name: str, lease: Any) -> None:
+    async def lease_written(self, name: str, lease: Any) -> None:
         pass
 
     def lost(self, name: str) -> None:

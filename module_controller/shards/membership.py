@@ -70,6 +70,11 @@ class Membership:
         self._renewed_at: float | None = None
         self._was_acting = False
         self.members: tuple[str, ...] = ()
+        # Bumped each time acting resumes after a lapse: what was learnt before may be stale.
+        self.epoch = 0
+        # Each member's last renewTime seen, and when (our clock): a member is live while its
+        # renewals keep coming, whatever its wall clock says (client-go does the same).
+        self._observed: dict[str, tuple[str, float]] = {}
 
     @property
     def acting(self) -> bool:
@@ -83,12 +88,15 @@ class Membership:
     async def round(self) -> None:
         """Renew our Lease, then read who is alive. Failures only cost `acting` in time."""
         started = self._clock()
+        lapsed = not self.acting
         try:
             await self._renew()
         except (ApiException, OSError, TimeoutError) as error:
             log.warning("Renewing this replica's membership Lease %s failed: %s", self.name, error)
         else:
             self._renewed_at = started  # when the request left: the Lease is at least as new
+            if lapsed:
+                self.epoch += 1
         try:
             self.members = await self._live_members()
         except (ApiException, OSError, TimeoutError) as error:
@@ -143,13 +151,22 @@ class Membership:
         leases = await self.coordination.list_namespaced_lease(
             self.settings.namespace, label_selector=f"{MEMBER_LABEL}={self.settings.env}"
         )
-        now = now_utc()
+        now = self._clock()
         live = set()
+        seen = {}
         for lease in leases.items:
             spec: dict[str, Any] = self._api.sanitize_for_serialization(lease.spec) or {}
-            holder = spec.get("holderIdentity")
-            if holder and not lease_expired(spec, now):
-                live.add(str(holder))
+            holder = str(spec.get("holderIdentity") or "")
+            if not holder:
+                continue
+            renewed = str(spec.get("renewTime"))
+            before = self._observed.get(holder)
+            observed_at = before[1] if before is not None and before[0] == renewed else now
+            seen[holder] = (renewed, observed_at)
+            duration = float(spec.get("leaseDurationSeconds") or 0)
+            if now - observed_at < duration:
+                live.add(holder)
+        self._observed = seen
         if self.acting:
             live.add(self.me)
         else:

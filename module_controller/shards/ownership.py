@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # Bases handed to a newer replica per round: a joining replica takes its share gradually.
 HANDOVERS_PER_ROUND = 10
 
-Gained = Callable[[list[str]], Awaitable[None]]
+# Nodes whose ownership changed for this replica (gained, or whose Lease went): the
+# dispatcher resyncs them and adopts the bases now held.
+Changed = Callable[[list[str]], Awaitable[None]]
 
 
 @dataclass
@@ -47,6 +49,14 @@ class NodeLease:
     holder: str
     spec: dict[str, Any] = field(default_factory=dict)
     resource_version: str = ""
+
+    def newer_than(self, other: NodeLease) -> bool:
+        """Whether this view is at least as new (resourceVersions of one object are etcd
+        revisions, which only grow; anything else is taken as news)."""
+        mine, theirs = self.resource_version, other.resource_version
+        if mine.isdigit() and theirs.isdigit():
+            return int(mine) >= int(theirs)
+        return True
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> NodeLease:
@@ -67,16 +77,17 @@ class Ownership:
         settings: Settings,
         membership: Membership,
         api: client.ApiClient,
-        gained: Gained,
+        changed: Changed,
     ) -> None:
         self.settings = settings
         self.membership = membership
         self.me = settings.client_id
         self.coordination = client.CoordinationV1Api(api)
         self._api = api
-        self._gained = gained
+        self._changed = changed
         self._table: dict[str, NodeLease] = {}
         self._trusted = False  # the table may be stale until listed again
+        self._epoch = membership.epoch
 
     # --- what this replica may do -------------------------------------------------------
 
@@ -102,17 +113,24 @@ class Ownership:
     # --- the watch ----------------------------------------------------------------------
 
     async def lease_seen(self, name: str, body: Mapping[str, Any]) -> None:
-        before = self.holds(name)
-        self._table[name] = NodeLease.of(body)
-        if self.holds(name) and not before:
-            await self._gained([name])
+        await self._learn(name, NodeLease.of(body))
 
-    def lease_gone(self, name: str) -> None:
-        self._table.pop(name, None)
+    async def lease_gone(self, name: str) -> None:
+        if self._table.pop(name, None) is not None:
+            await self._changed([name])  # the base's owner-to-be makes it again
 
-    def lease_written(self, name: str, lease: Any) -> None:
+    async def lease_written(self, name: str, lease: Any) -> None:
         """Our own write (a new node's Lease, a renewal): known before the watch says so."""
-        self._table[name] = NodeLease.of(self._api.sanitize_for_serialization(lease))
+        await self._learn(name, NodeLease.of(self._api.sanitize_for_serialization(lease)))
+
+    async def _learn(self, name: str, view: NodeLease) -> None:
+        known = self._table.get(name)
+        if known is not None and not view.newer_than(known):
+            return  # a late event: what we wrote or saw since is newer
+        before = self.holds(name)
+        self._table[name] = view
+        if self.holds(name) and not before:
+            await self._changed([name])
 
     def lost(self, name: str) -> None:
         """A renewal found another holder: stop acting on it now; the watch tells who."""
@@ -132,6 +150,11 @@ class Ownership:
                 self._trusted = False
                 log.warning("Not a member now: acting on no base until the Leases are read again.")
             return
+        if self._epoch != self.membership.epoch:
+            # Acting again after a lapse this round did not see (the process was frozen):
+            # what the table says may have changed meanwhile.
+            self._epoch = self.membership.epoch
+            self._trusted = False
         if not self._trusted:
             await self._relist()
         members = self.membership.members
@@ -179,16 +202,20 @@ class Ownership:
         held = self.held()
         log.info("Read %d node Lease(s): this replica holds %d.", len(self._table), len(held))
         if held:
-            await self._gained(held)
+            await self._changed(held)
 
     async def _claim(self, name: str, view: NodeLease) -> None:
-        if await self._write(name, view, self.me, "claimed"):
-            await self._gained([name])
+        await self._write(name, view, self.me, "claimed")
 
     async def _hand_over(self, name: str, view: NodeLease, to: str) -> None:
         # Stop acting first: from here on this replica sends nothing for the base.
         self._table[name] = NodeLease(to, view.spec, view.resource_version)
-        if not await self._write(name, view, to, f"handed over to {to}"):
+        try:
+            written = await self._write(name, view, to, f"handed over to {to}")
+        except Exception:
+            self._trusted = False  # did it go through? Read the Leases again first.
+            raise
+        if not written:
             self._trusted = False  # read the Leases again before acting on anything
 
     async def _write(self, name: str, view: NodeLease, holder: str, what: str) -> bool:
@@ -212,6 +239,6 @@ class Ownership:
                 log.info("Lease of node %s changed meanwhile: not %s.", name, what)
                 return False
             raise
-        self.lease_written(name, written)
+        await self.lease_written(name, written)
         log.info("Lease of node %s %s (was %s).", name, what, view.holder or "free")
         return True
