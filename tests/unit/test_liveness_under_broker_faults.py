@@ -12,7 +12,6 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 from module_controller.dispatcher import Dispatcher
-from module_controller.shards.gate import SoleOwner
 from module_controller.inbox import Tick
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync
@@ -21,6 +20,7 @@ from module_controller.observability.server import HealthChecks
 from module_controller.protocol import BaseMetadata, BaseStatus
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.gate import SoleOwner
 from module_controller.tunnels.mqtt import probe_topic, subscriptions
 from module_controller.vnode_manifest import memory_of
 from tests.unit.modules_support import pod
