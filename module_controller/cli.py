@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "module_controller.demo",
         "run the whole product locally and watch it: cluster, broker, operator, bases",
     ),
+    "rollout": (
+        "module_controller.rollouts.cli",
+        "approve the paused step of a ModuleRollout",
+    ),
 }
 
 

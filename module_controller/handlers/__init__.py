@@ -5,5 +5,6 @@ as `module-controller run` does.
 """
 
 from module_controller.handlers import leases, lifecycle, nodes, peer, pods
+from module_controller.handlers import rollouts as rollouts  # after lifecycle: needs its runtime
 
 __all__ = ["leases", "lifecycle", "nodes", "peer", "pods"]

@@ -1,0 +1,92 @@
+"""ModuleRollouts (module_controller/rollouts/): the watches that feed the rollout controller.
+
+Only `on.event` handlers, which write nothing onto the objects they see: ModuleRollouts
+(ours, but a finalizer would hold `kubectl delete` while the operator is down; a deleted
+rollout's Deployment is given back by the controller's poll instead) and module pods
+(the operator's one pod watch, filtered on the server at start-up). Deployments and
+ReplicaSets are read by the controller itself, never watched through Kopf.
+
+The controller starts after the runtime (this module registers after handlers/lifecycle.py)
+and runs on its API client, Event recorder and metrics registry; with several replicas,
+each rollout is worked on by the live replica rendezvous hashing names for it (shards/),
+and by none while this replica may not act (its membership lapsed). Without the CRD in the
+cluster Kopf serves no ModuleRollouts and logs that once; everything else runs as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from module_controller.operator_memo import OperatorMemo, operator_memo
+from module_controller.rollouts.controller import RolloutController
+from module_controller.rollouts.executor import RolloutApi
+from module_controller.rollouts.model import GROUP, PLURAL, VERSION
+from module_controller.shards.assignment import intended_owner
+from module_controller.shards.membership import Membership
+
+# The controller lives in the operator's memo, under this attribute (OperatorMemo has no
+# field of its own for it).
+_MEMO_ATTRIBUTE = "rollouts"
+
+
+def _controller(memo: Any) -> RolloutController | None:
+    found = vars(operator_memo(memo)).get(_MEMO_ATTRIBUTE)
+    return found if isinstance(found, RolloutController) else None
+
+
+def owner_check(membership: Membership) -> Callable[[str], bool]:
+    """Whether this replica works on a rollout (its key "namespace/name") now."""
+
+    def owns(key: str) -> bool:
+        members = membership.members
+        return membership.acting and intended_owner(f"rollout/{key}", members) == membership.me
+
+    return owns
+
+
+def start_controller(ours: OperatorMemo) -> RolloutController | None:
+    """The rollout controller on the runtime's parts, started; None without a runtime
+    (start-up failed and Kopf is stopping)."""
+    runtime = ours.runtime
+    if runtime is None:
+        return None
+    controller = RolloutController(
+        RolloutApi(runtime.api),
+        runtime.events.record,
+        runtime.metrics.registry,
+        # Cleared by the clean-up as it begins: no look starts on a closing API client.
+        alive=lambda: ours.runtime is not None,
+        owns=owner_check(runtime.membership),
+    )
+    controller.start()
+    vars(ours)[_MEMO_ATTRIBUTE] = controller
+    return controller
+
+
+@kopf.on.startup()
+async def start_rollouts(memo: Any, **_: Any) -> None:
+    start_controller(operator_memo(memo))
+
+
+@kopf.on.cleanup()
+async def stop_rollouts(memo: Any, **_: Any) -> None:
+    controller = vars(operator_memo(memo)).pop(_MEMO_ATTRIBUTE, None)
+    if isinstance(controller, RolloutController):
+        await controller.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def rollout_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    controller = _controller(memo)
+    if controller is not None:
+        controller.rollout_event(type, body)
+
+
+@kopf.on.event("", "v1", "pods")
+async def rollout_pod_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    controller = _controller(memo)
+    if controller is not None:
+        controller.pod_event(body)
