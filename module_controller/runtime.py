@@ -166,6 +166,7 @@ class Runtime:
                 client_ca=settings.kubelet_proxy_client_ca_path,
             )
         self._tasks: list[asyncio.Task[None]] = []
+        self._http_crowded = False
 
     async def start(self) -> None:
         if self.kubelet_proxy is not None:
@@ -176,7 +177,9 @@ class Runtime:
             self.settings.kubelet_proxy_address = address
             await self.kubelet_proxy.start()  # first: a port in use fails the start at once
         await self.nodes.adopt_existing()
-        await self._replicas()  # a member, and the node Leases read, before anything is done
+        # A member, and the node Leases read, before anything is done.
+        await self._membership()
+        await self._ownership()
         self.health.set("kubernetes", True, "listed this operator's nodes")
         self.nodes.start()
         self.events.start()
@@ -193,7 +196,11 @@ class Runtime:
             await self.http_server.start()
             self.health.set("http", True, f"listening on port {self.http_server.port}")
         self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
-        self._spawn(self._every(self.settings.replica_retry_seconds, self._replicas), "replicas")
+        # Membership renewals in a task of their own: a long round of claims must not delay
+        # them past the renew deadline (the replica would fence itself).
+        retry = self.settings.replica_retry_seconds
+        self._spawn(self._every(retry, self._membership), "membership")
+        self._spawn(self._every(retry, self._ownership), "ownership")
         self._spawn(
             self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
             "inventories",
@@ -277,17 +284,34 @@ class Runtime:
     async def _tick(self) -> None:
         """The liveness clock is an event like the others, judged by the dispatcher."""
         self.metrics.set_event_queue_depth(len(self.inbox))
+        self.metrics.set_bases_owned(len(self.ownership.held()))
         if self.mqtt is None:
             await self.inbox.put(Tick(None, False))  # no broker to judge
         else:
             await self.inbox.put(Tick(self.mqtt.delivery_silence(), self.mqtt.probe_returned))
 
-    async def _replicas(self) -> None:
-        """Renew membership, then claim and hand over bases (shards/)."""
+    async def _membership(self) -> None:
         await self.membership.round()
+        if self.http_server is None:
+            return
+        # A base's HTTP heartbeats reach one replica, which may not own it: its owner would
+        # hear it only now and then, and its node would flap. Said, not fatal.
+        crowded = len(self.membership.members) > 1
+        if crowded and not self._http_crowded:
+            reason = (
+                f"the HTTP tunnel needs one replica; {len(self.membership.members)} are live "
+                f"for env {self.settings.env}"
+            )
+            log.error("%s: run one replica, or the bases on MQTT.", reason)
+            self.health.set("http", False, reason)
+        elif self._http_crowded and not crowded:
+            self.health.set("http", True, f"listening on port {self.http_server.port}")
+        self._http_crowded = crowded
+
+    async def _ownership(self) -> None:
+        """Claim and hand over bases (shards/)."""
         bases = {record.node_name: record.identity for record in self.registry.live_bases()}
         await self.ownership.round(bases)
-        self.metrics.set_bases_owned(len(self.ownership.held()))
 
     def _owned_identities(self) -> list[str]:
         return [r.identity for r in self.registry.live_bases() if self.ownership.holds(r.node_name)]

@@ -120,6 +120,23 @@ class Membership:
             if error.status != 404:
                 log.warning("Deleting the membership Lease %s failed: %s", self.name, error)
 
+    async def _forget(self, lease: Any) -> None:
+        """Delete a long-dead replica's Lease, unless it changed since it was read."""
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=lease.metadata.resource_version)
+        )
+        try:
+            await self.coordination.delete_namespaced_lease(
+                lease.metadata.name, self.settings.namespace, body=options
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                log.warning(
+                    "Deleting the dead replica Lease %s failed: %s", lease.metadata.name, error
+                )
+            return
+        log.info("Deleted the Lease of replica %s, gone long ago.", lease.spec.holder_identity)
+
     def _body(self) -> dict[str, Any]:
         return {
             "apiVersion": "coordination.k8s.io/v1",
@@ -152,6 +169,7 @@ class Membership:
             self.settings.namespace, label_selector=f"{MEMBER_LABEL}={self.settings.env}"
         )
         now = self._clock()
+        wall = now_utc()
         live = set()
         seen = {}
         for lease in leases.items:
@@ -160,10 +178,20 @@ class Membership:
             if not holder:
                 continue
             renewed = str(spec.get("renewTime"))
-            before = self._observed.get(holder)
-            observed_at = before[1] if before is not None and before[0] == renewed else now
-            seen[holder] = (renewed, observed_at)
             duration = float(spec.get("leaseDurationSeconds") or 0)
+            before = self._observed.get(holder)
+            if before is not None and before[0] == renewed:
+                observed_at = before[1]
+            elif before is not None or not lease_expired(spec, wall):
+                observed_at = now  # seen renewing (or, at first sight, not run out)
+            else:
+                # First sight of a Lease already run out (a replica killed before we
+                # started): not live until it is seen renewing.
+                observed_at = now - duration
+                if lease_expired(spec, wall - datetime.timedelta(seconds=3 * duration)):
+                    await self._forget(lease)  # long dead: its Lease must not pile up
+                    continue
+            seen[holder] = (renewed, observed_at)
             if now - observed_at < duration:
                 live.add(holder)
         self._observed = seen

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Bases handed to a newer replica per round: a joining replica takes its share gradually.
 HANDOVERS_PER_ROUND = 10
+# Claims per round: a round stays short (the others' bases come in the next rounds).
+CLAIMS_PER_ROUND = 100
 
 # Nodes whose ownership changed for this replica (gained, or whose Lease went): the
 # dispatcher resyncs them and adopts the bases now held.
@@ -91,16 +93,21 @@ class Ownership:
 
     # --- what this replica may do -------------------------------------------------------
 
+    def _may_act(self) -> bool:
+        # A lapse (a frozen process) since the table was read: it may be stale until the
+        # next round reads the Leases again.
+        return self._trusted and self.membership.acting and self._epoch == self.membership.epoch
+
     def holds(self, node_name: str) -> bool:
         """This replica holds the base's node Lease and may act: commands, status, Events."""
-        if not (self._trusted and self.membership.acting):
+        if not self._may_act():
             return False
         view = self._table.get(node_name)
         return view is not None and view.holder == self.me
 
     def may_write_node(self, node_name: str, identity: str) -> bool:
         """May write the Node: held, or a new base (no Lease yet) this replica should own."""
-        if not (self._trusted and self.membership.acting):
+        if not self._may_act():
             return False
         view = self._table.get(node_name)
         if view is None:
@@ -159,7 +166,7 @@ class Ownership:
             await self._relist()
         members = self.membership.members
         now = now_utc()
-        handed = 0
+        handed = claimed = 0
         for name, identity in bases.items():
             view = self._table.get(name)
             if view is None:
@@ -169,7 +176,20 @@ class Ownership:
                 if intended is not None and intended != self.me and handed < HANDOVERS_PER_ROUND:
                     handed += 1
                     await self._hand_over(name, view, intended)
-            elif intended == self.me and self._holder_gone(view, members, now):
+            elif (
+                intended == self.me
+                and claimed < CLAIMS_PER_ROUND
+                and self._holder_gone(view, members, now)
+            ):
+                claimed += 1
+                await self._claim(name, view)
+        for name, view in list(self._table.items()):
+            # A base nobody here knows (it died, and its owner with it): its Lease ran out,
+            # so its node is unattended; one replica takes it, and deletes the node.
+            if name in bases or view.holder == self.me or not lease_expired(view.spec, now):
+                continue
+            if intended_owner(name, members) == self.me and claimed < CLAIMS_PER_ROUND:
+                claimed += 1
                 await self._claim(name, view)
 
     async def release_all(self) -> None:
