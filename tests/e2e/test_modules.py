@@ -36,8 +36,10 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
 
-# The seed's scenarios run over every tunnel: MQTT, MQTT with mutual TLS, and HTTP.
+# The seed's scenarios run over every tunnel: MQTT, MQTT with mutual TLS, and HTTP. TLS
+# changes only the transport, so the rest run over MQTT and HTTP (the suite stays short).
 over_every_tunnel = pytest.mark.parametrize("tunnel", TUNNELS, indirect=True)
+over_mqtt_and_http = pytest.mark.parametrize("tunnel", ["mqtt", "http"], indirect=True)
 
 # The scene's operator: modules nobody asks for are removed 5 s after being seen; each base
 # is asked what it runs every 3 s.
@@ -202,7 +204,7 @@ async def test_the_seeds_sample_runs_and_both_field_selectors_find_it(
     await scene.modules_everywhere({})
 
 
-@over_every_tunnel
+@over_mqtt_and_http
 @pytest.mark.bases(2)
 async def test_bare_pod_daemonset_and_statefulset_release_modules(
     scene: Scene, test_env: str
@@ -308,7 +310,7 @@ async def test_scale_up_and_down_installs_and_uninstalls(scene: Scene, test_env:
     await scene.modules_everywhere({pods[0].spec.node_name: {"biz1:1.0.0": "ACTIVATED"}})
 
 
-@over_every_tunnel
+@over_mqtt_and_http
 @pytest.mark.bases(2)
 async def test_deleting_the_deployment_uninstalls_everything(scene: Scene, test_env: str) -> None:
     name = "doomed"
@@ -324,7 +326,7 @@ async def test_deleting_the_deployment_uninstalls_everything(scene: Scene, test_
     await scene.modules_everywhere({})
 
 
-@over_every_tunnel
+@over_mqtt_and_http
 @pytest.mark.bases(1)
 async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_env: str) -> None:
     template = pod_template("inplace", test_env, [("biz1", "1.0.0")])
@@ -353,7 +355,7 @@ async def test_a_bare_pod_replaced_in_place_swaps_its_module(scene: Scene, test_
     assert pods[0].status.container_statuses[0].image == "https://repo.example/v2/biz1.jar"
 
 
-@over_every_tunnel
+@over_mqtt_and_http
 @pytest.mark.bases(2)
 async def test_a_daemonset_update_completes(scene: Scene, test_env: str) -> None:
     body = daemon_set("daemon", test_env, [("biz-daemon", "1.0.0")])
@@ -373,7 +375,7 @@ async def test_a_daemonset_update_completes(scene: Scene, test_env: str) -> None
     )
 
 
-@over_every_tunnel
+@over_mqtt_and_http
 @pytest.mark.bases(2)
 async def test_rollout_undo_brings_the_previous_version_back(
     scene: Scene, test_env: str, kubectl: list[str]
@@ -435,8 +437,8 @@ async def test_a_module_for_a_new_base_version_waits_for_such_bases(
     assert modules_of(scene.bases[0]) == {}
 
 
-# TLS changes nothing of liveness: MQTT and HTTP are enough for this slow one (~70 s).
-@pytest.mark.parametrize("tunnel", ["mqtt", "http"], indirect=True)
+# Over MQTT only: this one waits for the dead time (~70 s); HTTP liveness has its own
+# tests (test_http_tunnel.py, tests/unit/test_registry_http.py).
 @pytest.mark.bases(3)
 async def test_a_crashed_bases_pods_move_to_the_other_bases(scene: Scene, test_env: str) -> None:
     name = "survivor"
