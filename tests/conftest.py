@@ -22,7 +22,12 @@ from kubernetes_asyncio import client
 
 from module_controller.kube import new_api_client
 from module_controller.testbed import testbed
-from module_controller.testbed.binaries import ensure_binaries
+from module_controller.testbed.binaries import (
+    KUBERNETES_VERSION,
+    KUBERNETES_VERSION_VARIABLE,
+    PINNED_KUBERNETES_VERSION,
+    ensure_binaries,
+)
 from module_controller.testbed.mosquitto import BrokerInfo
 from tests.private_broker import PrivateBroker
 from tests.waiting import wait_for
@@ -45,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run cluster tests against a kind cluster made by pytest-kind (needs Docker)",
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # Which release the testbed runs: `./dev e2e-matrix` runs the suite on several.
+    if KUBERNETES_VERSION == PINNED_KUBERNETES_VERSION:
+        return f"testbed Kubernetes: v{KUBERNETES_VERSION} (pinned)"
+    return f"testbed Kubernetes: v{KUBERNETES_VERSION} (from {KUBERNETES_VERSION_VARIABLE})"
 
 
 def pytest_configure(config: pytest.Config) -> None:

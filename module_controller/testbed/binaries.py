@@ -5,6 +5,9 @@ The binaries come from the Go module proxy through small wrapper modules kept in
 to another release, change the version constant: the wrapper's go.mod is regenerated from
 upstream's own go.mod when it names another version, and the new binaries are built once
 into a cache directory keyed by that version.
+
+`MODULE_CONTROLLER_KUBERNETES_VERSION=1.33.13` runs the testbed on another release without
+changing the pin (`./dev e2e-matrix` sets it); each version keeps its own cache directory.
 """
 
 from __future__ import annotations
@@ -25,7 +28,22 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-KUBERNETES_VERSION = "1.36.3"
+PINNED_KUBERNETES_VERSION = "1.36.3"
+KUBERNETES_VERSION_VARIABLE = "MODULE_CONTROLLER_KUBERNETES_VERSION"
+# The release the testbed builds and runs: the pinned one unless the variable names another.
+# Read once, at import, so the testbed, the state it records and the tests all agree; a
+# malformed value is reported by ensure_binaries(), not here, so imports never fail on it.
+KUBERNETES_VERSION = (
+    os.environ.get(KUBERNETES_VERSION_VARIABLE, "").strip().removeprefix("v")
+    or PINNED_KUBERNETES_VERSION
+)
+# Older minors `./dev e2e-matrix` runs by default, besides the pinned one: the newest patch
+# of each that the Go module proxy serves (`go list -m -versions k8s.io/kubernetes`).
+MATRIX_KUBERNETES_VERSIONS = ("1.30.14", "1.33.13", PINNED_KUBERNETES_VERSION)
+# The oldest minor the testbed's command lines (cluster.py) were run on. Older ones are
+# refused before a build of minutes that might not start: the scheduler's config API, for
+# one, is v1 only from 1.25.
+OLDEST_KUBERNETES_MINOR = 30
 ETCD_VERSION = "3.6.16"
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -58,10 +76,32 @@ class Binaries:
         return self.kubectl.parent
 
 
-def ensure_binaries() -> Binaries:
+def check_kubernetes_version(version: str) -> None:
+    """A release like 1.33.13: the build derives the staging modules' v0.33.13 from it."""
+    if not re.fullmatch(r"1\.\d+\.\d+", version):
+        raise BuildFailed(
+            f"{KUBERNETES_VERSION_VARIABLE}={version!r} is not a Kubernetes release such as "
+            f"{PINNED_KUBERNETES_VERSION}"
+        )
+    if minor_version(version) < OLDEST_KUBERNETES_MINOR:
+        raise BuildFailed(
+            f"Kubernetes {version} is older than the testbed supports "
+            f"(1.{OLDEST_KUBERNETES_MINOR} and later; see OLDEST_KUBERNETES_MINOR)"
+        )
+
+
+def minor_version(version: str) -> int:
+    """1.33.13 -> 33."""
+    return int(version.split(".")[1])
+
+
+def ensure_binaries(version: str = KUBERNETES_VERSION) -> Binaries:
     """Return the cached binaries, building whatever is missing (minutes when cold)."""
+    check_kubernetes_version(version)
     kube_dir = ensure_built(
-        f"kubernetes/v{KUBERNETES_VERSION}", KUBERNETES_COMMANDS, _build_kubernetes
+        f"kubernetes/v{version}",
+        KUBERNETES_COMMANDS,
+        lambda out: _build_kubernetes(out, version),
     )
     etcd_dir = ensure_built(f"etcd/v{ETCD_VERSION}", ("etcd",), _build_etcd)
     return Binaries(
@@ -138,18 +178,18 @@ def _version_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def _build_kubernetes(out: Path) -> None:
+def _build_kubernetes(out: Path, version: str) -> None:
     work = working_copy("kubernetes")
     try:
-        if required_version(work / "go.mod", "k8s.io/kubernetes") != f"v{KUBERNETES_VERSION}":
-            regenerate_kubernetes_gomod(work, KUBERNETES_VERSION)
+        if required_version(work / "go.mod", "k8s.io/kubernetes") != f"v{version}":
+            regenerate_kubernetes_gomod(work, version)
         go(
             [
                 "build",
                 "-trimpath",
                 "-buildvcs=false",
                 "-ldflags",
-                _version_ldflags(KUBERNETES_VERSION),
+                _version_ldflags(version),
                 "-o",
                 f"{out}/",
                 *(f"k8s.io/kubernetes/cmd/{name}" for name in KUBERNETES_COMMANDS),
@@ -239,7 +279,10 @@ def regenerate_kubernetes_gomod(directory: Path, version: str) -> None:
 def main() -> None:
     """`python -m module_controller.testbed.binaries`: build (or find) and print the paths."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    binaries = ensure_binaries()
+    try:
+        binaries = ensure_binaries()
+    except BuildFailed as error:
+        raise SystemExit(f"error: {error}") from None
     for name, path in vars(binaries).items():
         print(f"{name}: {path}")
 

@@ -417,7 +417,10 @@ async def test_a_jar_that_fails_to_download_stops_the_release_and_rolls_it_back(
     async with scene.every_base_keeps_its_module():
         await set_template(scene, bad_jar)
         status = await scene.wait_status("the release rolled back", 60, phase="RolledBack")
-        assert [f["reason"] for f in status["failures"]] == ["InstallFailed", "InstallFailed"]
+        # Past a budget of 1: at least two failures, more when a replacement pod failed too
+        # before the rollback landed (a slow machine); every one of them an install failure.
+        reasons = [f["reason"] for f in status["failures"]]
+        assert len(reasons) >= 2 and set(reasons) == {"InstallFailed"}, reasons
         assert "java.io.FileNotFoundException" in status["failures"][0]["message"]
 
         async def back() -> bool:
