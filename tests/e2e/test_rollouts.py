@@ -462,38 +462,3 @@ spec:
         'spec.steps[0].replicas: Invalid value: "150%": a step\'s replicas is a number of pods '
         "(0 or more) or a share of the Deployment's replicas from 0% to 100%"
     ) in done.stderr, done.stderr
-
-
-# The canary's bases keep the old version installed but DEACTIVATED (the base switched to the
-# new one); when the new pod goes, nothing switches the old version back on, so the old pod
-# there stays NotReady. The fix is the planner's (modules/planner.py): re-activate
-# (`switchBiz`) a DEACTIVATED version whose pod serves again, before the newer one is
-# uninstalled. Strict: once that is done this test passes and the mark must go.
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the planner does not re-activate a DEACTIVATED old version (switchBiz)",
-)
-@pytest.mark.usefixtures("rollout_crd")
-async def test_putting_the_template_back_after_a_ready_beta_restores_every_base(
-    open_scene: SceneFactory, test_env: str
-) -> None:
-    scene = await open_scene()
-    steps = [{"replicas": 1, "pause": {}}, {"replicas": "100%"}]
-    body = deployment(NAME, test_env, BASES, [(NAME, "1.0.0")], spread=True)
-    await release_deployment(scene, body, steps)
-    await set_template(scene, lambda t: set_modules(t, [(NAME, "2.0.0")]))
-    await scene.wait_status("the beta paused", 60, phase="Paused", currentStep=0)
-    await set_template(scene, lambda t: set_modules(t, [(NAME, "1.0.0")]))
-    await scene.wait_status("the release rolled back", 60, phase="RolledBack")
-
-    async def restored() -> bool:
-        old = await scene.pods_of("1.0.0")
-        return (
-            not await scene.pods_of("2.0.0")
-            and len(old) == BASES
-            and all(is_ready(p) for p in old)
-            and all(modules_of(b) == {f"{NAME}:1.0.0": "ACTIVATED"} for b in scene.bases)
-        )
-
-    await wait_for(restored, timeout=15, what="every base back on 1.0.0", diagnose=scene.describe)
