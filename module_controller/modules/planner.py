@@ -28,6 +28,9 @@ objects and their status dicts are only read; the statuses in a plan are new dic
   commands, then `status_writes`);
 - a pod is Ready only when its own name:version, from its own jar, is ACTIVATED in the
   base's inventory (replacement.py: a new jar for the same key, uninstall-then-install);
+- a version left DEACTIVATED while its pod is the newest of its name again (the newer pod
+  left: a rollback) is uninstalled and installed again once the active versions have left
+  (replacement.py), with the install backoff should the base start it DEACTIVATED again;
 - a failed install is retried with backoff (INSTALL_RETRY_SECONDS doubling up to
   INSTALL_RETRY_MAX_SECONDS), and at once when the pods' spec changes (a new jar URL, a new
   pod); a jar declaring another name:version, or a module BROKEN on the base, is not
@@ -121,11 +124,13 @@ def plan_base(pods: list[ModulePod], base: BaseModules, context: PlanContext) ->
 
     contenders = [p for p in served if p.uid not in intent.displaced]
     if inventory is not None and context.base_ready:
-        retry_broken = _track_failures(base, intent, inventory, now)
+        # Wanted modules to uninstall now and install again: BROKEN ones, DEACTIVATED ones.
+        to_reinstall = _track_failures(base, intent, inventory, now)
         serving = serving_versions(contenders, base, inventory)
         held = _held_keys(plan, terminating, intent, serving, context)
         _track_abandoned(base, intent, held, inventory, context)
-        _plan_uninstalls(plan, base, inventory, intent, terminating, held, retry_broken, context)
+        to_reinstall |= _due_reinstalls(plan, base, intent, inventory, held, context)
+        _plan_uninstalls(plan, base, inventory, intent, terminating, held, to_reinstall, context)
         _plan_installs(plan, base, inventory, intent, context)
     if not context.base_ready:
         # We are its kubelet: nobody else says promptly that its pods cannot serve.
@@ -245,6 +250,53 @@ def _held_keys(
     return held
 
 
+def _due_reinstalls(
+    plan: Plan,
+    base: BaseModules,
+    intent: Intent,
+    inventory: dict[str, InstalledModule],
+    held: set[str],
+    context: PlanContext,
+) -> set[str]:
+    """Versions left DEACTIVATED to uninstall now and install again (replacement.py).
+
+    Not while a version still active is held for a replacement pod (it may serve here
+    again), and with backoff on a base that keeps starting the version DEACTIVATED.
+    """
+    settings = context.settings
+    for key in list(base.reinstalls):
+        installed = inventory.get(key)
+        if key not in intent.wanted or (
+            installed is not None and installed.state is BizState.ACTIVATED
+        ):
+            del base.reinstalls[key]
+    due: set[str] = set()
+    for key in sorted(intent.reinstalled):
+        if key in base.uninstalling or intent.clear_first.get(key, set()) & held:
+            continue
+        tries, last = base.reinstalls.get(key, (0, 0.0))
+        if tries:
+            backoff = settings.install_retry_seconds * 2.0 ** (tries - 1)
+            wait_until = last + min(backoff, settings.install_retry_max_seconds)
+            if context.now < wait_until:
+                plan.wake(wait_until)
+                continue
+        base.reinstalls[key] = (tries + 1, context.now)
+        due.add(key)
+        # The active versions no pod wants go now too, orphans or not: this pod needs them
+        # gone before its version can be installed again.
+        intent.evicted |= intent.clear_first.get(key, set())
+        pod = intent.wanting[key][-1]
+        active = ", ".join(sorted(intent.clear_first.get(key, ()))) or "another version"
+        message = (
+            f"{key} was left DEACTIVATED on the base when {active} was switched on; it is "
+            "uninstalled and installed again to serve this pod"
+        )
+        if base.report(pod.uid, f"reinstall {key}", str(tries + 1)):
+            plan.events.append(PodEvent(pod, "Normal", reasons.REINSTALLING, bounded(message)))
+    return due
+
+
 def _track_abandoned(
     base: BaseModules,
     intent: Intent,
@@ -277,14 +329,14 @@ def _plan_uninstalls(
     intent: Intent,
     terminating: list[ModulePod],
     held: set[str],
-    retry_broken: set[str],
+    to_reinstall: set[str],
     context: PlanContext,
 ) -> None:
     settings = context.settings
     now = context.now
     leaving = {spec.key for pod in terminating if pod.wants.valid for spec in pod.wants.modules}
     for key, installed in inventory.items():
-        if key in intent.wanted and key not in intent.replaced and key not in retry_broken:
+        if key in intent.wanted and key not in intent.replaced and key not in to_reinstall:
             base.orphan_since.pop(key, None)
             base.strays.pop(key, None)  # a pod wants it after all
             continue

@@ -9,6 +9,8 @@ UNINSTALLING = "ModuleUninstalling"
 # Another pod's jar, or another version, must leave the base before this pod's module comes.
 REPLACING = "ModuleReplacing"
 SUPERSEDED = "SupersededByNewerVersion"
+# A version left DEACTIVATED (another was switched on over it) is installed again.
+REINSTALLING = "ModuleReinstalling"
 REPLACED = "ModuleReplaced"
 INVALID = "InvalidModuleSpec"
 BASE_DOWN = "BaseNotReady"

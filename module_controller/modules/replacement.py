@@ -9,6 +9,11 @@ A base holds one biz per name:version. So:
 - the annotation `module-controller.koupleless.io/upgrade: uninstall-then-install` on the
   newest pod of a module name (see spec.py): every other version of that name goes first,
   in the same order.
+- a version left DEACTIVATED (a newer one was switched on over it) while its pod is the
+  newest of its name again (the newer pod left: a rollback, a canary taken away): nothing
+  on the base switches it back on (MQTT bases have no switchBiz), so it is uninstalled
+  and installed again once the versions still active have left — else its pod would stay
+  NotReady for good.
 
 Which jar an installed module came from is `BaseModules.urls`; after an operator restart it
 is unknown, and is taken from the pod that shows Ready on it (else the newest pod's jar).
@@ -22,6 +27,7 @@ from module_controller.modules import reasons
 from module_controller.modules.spec import UNINSTALL_THEN_INSTALL, ModuleSpec
 from module_controller.modules.state import BaseModules, InstalledModule, ModulePod
 from module_controller.modules.text import bounded
+from module_controller.protocol.states import BizState
 
 
 @dataclass
@@ -36,6 +42,8 @@ class Intent:
     evicted: set[str] = field(default_factory=set)  # other versions an upgrade uninstalls
     # key -> keys that must have left the base before it is installed
     clear_first: dict[str, set[str]] = field(default_factory=dict)
+    # Wanted versions left DEACTIVATED that nothing switches back on: installed again.
+    reinstalled: set[str] = field(default_factory=set)
 
 
 def intent_of(
@@ -87,7 +95,41 @@ def intent_of(
             base.urls[key] = _adopted_url(intent.wanting[key], key, spec.url)
         if key in inventory and base.urls.get(key, spec.url) != spec.url:
             intent.replaced.add(key)
+    for _, spec in newest_of_name.values():
+        _reinstall_if_left_deactivated(intent, spec, base, inventory)
     return intent
+
+
+def _reinstall_if_left_deactivated(
+    intent: Intent, spec: ModuleSpec, base: BaseModules, inventory: dict[str, InstalledModule]
+) -> None:
+    """The newest pod of a name wants a version the base keeps DEACTIVATED.
+
+    While a live pod still wants a version that is active, that one serves (an older pod
+    mid-update): wait. Otherwise the active versions are leaving (no pod wants them), and
+    ours is installed again after them, so it comes back ACTIVATED whatever the base's
+    activation policy (an install next to an active version may start DEACTIVATED).
+    `base.reinstalls` (the planner's) names a version uninstalled for that.
+    """
+    if spec.key not in intent.wanted:
+        return
+    installed = inventory.get(spec.key)
+    coming_back = installed is None and spec.key in base.reinstalls
+    if not coming_back and (installed is None or installed.state is not BizState.DEACTIVATED):
+        return
+    active = {
+        key
+        for key, other in inventory.items()
+        if other.name == spec.name
+        and key != spec.key
+        and (other.state is BizState.ACTIVATED or key in base.uninstalling)
+    }
+    if not coming_back:
+        if active & intent.wanted.keys():
+            return
+        intent.reinstalled.add(spec.key)
+    if active:
+        intent.clear_first.setdefault(spec.key, set()).update(active)
 
 
 def _url_of(pod: ModulePod, key: str) -> str | None:

@@ -182,6 +182,9 @@ class BaseModules:
     strays: dict[str, str] = field(default_factory=dict)
     # Installs in flight for modules no pod wants any more: key -> when sent (planner).
     abandoned: dict[str, float] = field(default_factory=dict)
+    # Versions left DEACTIVATED being installed again: key -> (tries, when last), so a base
+    # that keeps starting one DEACTIVATED is not sent it in a loop; forgotten once ACTIVATED.
+    reinstalls: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def report(self, uid: str, topic: str, cause: str) -> bool:
         """Whether `cause` is news about `topic` for the pod: an Event is due. Remembered,

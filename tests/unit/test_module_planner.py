@@ -102,7 +102,9 @@ def test_activated_modules_make_the_pod_running_and_ready() -> None:
     ("state", "phase", "kind"),
     [
         (BizState.RESOLVED, "Running", "running"),
-        (BizState.DEACTIVATED, "Running", "running"),
+        # Alone on the base, nothing would switch it on: it is installed again (see
+        # test_module_replacement.py, which also checks a waiting DEACTIVATED one is Running).
+        (BizState.DEACTIVATED, "Pending", "waiting"),
         (BizState.BROKEN, "Running", "waiting"),
         (BizState.STOPPED, "Pending", "terminated"),
     ],

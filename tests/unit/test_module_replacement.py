@@ -201,3 +201,69 @@ def test_a_deleted_pod_next_to_a_newer_version_that_cannot_serve_is_held() -> No
     leaving = pod("old", [("biz1", "1")], deleting=True, deletion_seen_at=0.0, owned=True)
     plan = plan_base([leaving, coming], base, context(now=0.5))
     assert plan.uninstalls == []
+
+
+DEACTIVATED = BizState.DEACTIVATED
+
+
+def test_a_version_left_deactivated_is_installed_again_when_the_newer_pod_leaves() -> None:
+    """A rollback after a Ready canary: the old version stays DEACTIVATED on the base and
+    nothing switches it back on (MQTT has no switchBiz); installed again, it serves."""
+    base = BaseModules(inventory=inventory(("biz1:1", DEACTIVATED), ("biz1:2", ACTIVE)))
+    old = pod("old", [("biz1", "1")], owned=True)
+    canary = pod("canary", [("biz1", "2")], NEWER, deleting=True, deletion_seen_at=0.0, ready=True)
+    canary.owned = True
+
+    held = plan_base([old, canary], base, context(now=0.5))
+    assert held.uninstalls == [], "a replacement of the canary may still come here"
+    settle(held)
+
+    plan = plan_base([old, canary], base, context(now=REPLACEMENT_GRACE_SECONDS))
+    assert sorted(b.key for b in plan.uninstalls) == ["biz1:1", "biz1:2"]
+    assert plan.installs == []
+    events = [(e.pod.name, e.reason) for e in plan.events]
+    assert ("old", reasons.REINSTALLING) in events
+    settle(plan)
+
+    # biz1:1 has left; biz1:2 is still on its way out: not yet, or it may start DEACTIVATED.
+    base.inventory = inventory(("biz1:2", DEACTIVATED))
+    del base.uninstalling["biz1:1"]
+    waiting = plan_base([old], base, context(now=REPLACEMENT_GRACE_SECONDS + 1))
+    assert waiting.installs == []
+
+    base.inventory = {}
+    base.uninstalling.clear()
+    plan = plan_base([old], base, context(now=REPLACEMENT_GRACE_SECONDS + 2))
+    assert [s.key for s in plan.installs] == ["biz1:1"]
+    settle(plan)
+
+    base.inventory = inventory(("biz1:1", ACTIVE))
+    plan = plan_base([old], base, context(now=REPLACEMENT_GRACE_SECONDS + 3))
+    assert written(plan) == [("old", True)]
+    assert base.reinstalls == {}, "served again: a later rollback starts afresh"
+
+
+def test_an_older_pod_whose_version_still_serves_keeps_the_newer_one_waiting() -> None:
+    """Mid-update on a base that starts a second version DEACTIVATED: the old pod serves;
+    nothing is uninstalled for the newer one while a live pod wants the active version."""
+    base = BaseModules(inventory=inventory(("biz1:1", ACTIVE), ("biz1:2", DEACTIVATED)))
+    old = pod("old", [("biz1", "1")], ready=True)
+    new = pod("new", [("biz1", "2")], NEWER)
+    plan = plan_base([old, new], base, context())
+    assert plan.uninstalls == [] and plan.installs == []
+    assert base.reinstalls == {}
+    statuses = {p.name: s for p, s in plan.writes}
+    assert statuses["new"]["phase"] == "Running" and not is_ready(statuses["new"])
+
+
+def test_a_base_that_keeps_starting_it_deactivated_is_not_sent_it_in_a_loop() -> None:
+    base = BaseModules(inventory=inventory(("biz1:1", DEACTIVATED)))
+    alone = pod("alone", [("biz1", "1")])
+    first = plan_base([alone], base, context(now=0))
+    assert [b.key for b in first.uninstalls] == ["biz1:1"]
+    base.uninstalling.clear()  # uninstalled, installed again: DEACTIVATED once more
+    again = plan_base([alone], base, context(now=1))
+    assert again.uninstalls == [], "backoff"
+    assert again.wake_at == 5.0  # INSTALL_RETRY_SECONDS after the first try
+    later = plan_base([alone], base, context(now=5))
+    assert [b.key for b in later.uninstalls] == ["biz1:1"]
