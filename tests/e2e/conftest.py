@@ -25,6 +25,7 @@ from module_controller.testbed.operator_process import (
     OperatorProcess,
     operator_environment,
 )
+from tests.e2e.rbac_support import Restricted, restricted_kubeconfig
 from tests.private_broker import PrivateBroker
 
 # Short timers so liveness tests take seconds; the bases beat every 2 s to match.
@@ -220,3 +221,12 @@ async def env_nodes_cleanup(k8s_api: client.ApiClient, test_env: str) -> AsyncIt
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+@pytest.fixture
+async def restricted(
+    k8s_api: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> AsyncIterator[Restricted]:
+    """A kubeconfig with only the shipped ClusterRole's rights (tests/e2e/rbac_support.py)."""
+    async with restricted_kubeconfig(k8s_api, kubeconfig, namespace, tmp_path) as made:
+        yield made

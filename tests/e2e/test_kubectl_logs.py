@@ -30,13 +30,8 @@ from module_controller.settings import SEED_MODULE_LABEL
 from module_controller.testbed.host_kubelet import HostKubelet
 from module_controller.testbed.operator_process import OperatorProcess
 from tests.e2e.conftest import BaseFactory, OperatorFactory
+from tests.e2e.rbac_support import FORBIDDEN, Restricted, assert_never_forbidden
 from tests.e2e.test_nodes import Cluster, node_name
-from tests.e2e.test_rbac import (  # noqa: F401  (restricted: the fixture, used by name)
-    FORBIDDEN,
-    Restricted,
-    _assert_never_forbidden,
-    restricted,
-)
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.usefixtures("env_nodes_cleanup"), pytest.mark.timeout(120)]
@@ -110,7 +105,7 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
     run_operator: OperatorFactory,
     start_base: BaseFactory,
     host_kubelet: HostKubelet,
-    restricted: Restricted,  # noqa: F811
+    restricted: Restricted,
 ) -> None:
     # Under the shipped ClusterRole only: pods/log is granted there, nothing else is needed.
     port = free_port()
@@ -197,7 +192,7 @@ async def test_kubectl_logs_of_a_module_pod_show_its_base_pods_log(
         unwound, timeout=15, what="the followed log closed end to end", diagnose=diagnose
     )
     await core.delete_namespaced_pod(MODULE_POD, namespace, grace_period_seconds=0)
-    _assert_never_forbidden(operator)
+    assert_never_forbidden(operator)
 
 
 async def test_nodes_advertise_the_cluster_ip_of_the_labelled_service_in_namespace(
@@ -205,7 +200,7 @@ async def test_nodes_advertise_the_cluster_ip_of_the_labelled_service_in_namespa
     namespace: str,
     run_operator: OperatorFactory,
     start_base: BaseFactory,
-    restricted: Restricted,  # noqa: F811
+    restricted: Restricted,
 ) -> None:
     """The Go controller's way, under the shipped ClusterRole: without KUBELET_PROXY_ADDRESS
     the nodes advertise the ClusterIP of the Service labelled
@@ -271,7 +266,7 @@ async def test_nodes_advertise_the_cluster_ip_of_the_labelled_service_in_namespa
     )
     assert node.metadata.uid == uid, "the same node, patched"
     assert node.status.daemon_endpoints.kubelet_endpoint.port == port
-    _assert_never_forbidden(operator)
+    assert_never_forbidden(operator)
 
 
 def _tail(operator: OperatorProcess) -> Callable[[], Awaitable[str]]:

@@ -5,16 +5,11 @@ the node lifecycle and the module lifecycle, and the API server never says Forbi
 
 from __future__ import annotations
 
-import re
 import subprocess
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -23,18 +18,11 @@ from module_controller.settings import SEED_MODULE_LABEL
 from module_controller.simulator.base import SimulatedBase
 from module_controller.testbed.operator_process import OperatorProcess
 from tests.e2e.conftest import BaseFactory, OperatorFactory
+from tests.e2e.rbac_support import Restricted, assert_never_forbidden
 from tests.e2e.test_nodes import Cluster, node_name
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("env_nodes_cleanup")
-
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_ROLE_FILE = REPO / "manifests" / "02-clusterrole.yaml"
-SERVICE_ACCOUNT = "module-controller"
-TOKEN_SECONDS = 3600
-# "Forbidden" in any case, an HTTP 403 (not the milliseconds of a time stamp: ",403"), or
-# Kopf's "Not enough permissions" when it falls back instead of failing.
-FORBIDDEN = re.compile(r"forbidden|not enough permissions|(?<![\w,.:-])403(?!\w)", re.IGNORECASE)
 
 BIZ_NAME = "biz1"
 BIZ_VERSION = "0.0.1-SNAPSHOT"
@@ -42,91 +30,6 @@ BIZ_JAR = (
     "https://serverless-opensource.oss-cn-shanghai.aliyuncs.com/module-packages/stable/"
     "biz1-web-single-host-0.0.1-SNAPSHOT-ark-biz.jar"
 )
-
-
-@dataclass(frozen=True)
-class Restricted:
-    """A kubeconfig whose only rights are the shipped ClusterRole's."""
-
-    kubeconfig: Path
-    cluster_role: str
-
-
-def _cluster_role_manifest(name: str) -> Any:
-    (role,) = [
-        doc
-        for doc in yaml.safe_load_all(CLUSTER_ROLE_FILE.read_text())
-        if doc and doc["kind"] == "ClusterRole"
-    ]
-    role["metadata"]["name"] = name
-    return role
-
-
-def _current_cluster(kubeconfig: Path) -> dict[str, Any]:
-    """The cluster entry (server, CA) of the kubeconfig's current context, CA path absolute."""
-    config = yaml.safe_load(kubeconfig.read_text())
-    context_name = config["current-context"]
-    context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
-    cluster = dict(
-        next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-    )
-    authority = cluster.get("certificate-authority")
-    if authority and not Path(authority).is_absolute():
-        cluster["certificate-authority"] = str((kubeconfig.parent / authority).resolve())
-    return cluster
-
-
-def _write_token_kubeconfig(path: Path, cluster: dict[str, Any], token: str) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "cluster", "cluster": cluster}],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "cluster", "user": SERVICE_ACCOUNT}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-
-
-@pytest.fixture
-async def restricted(
-    k8s_api: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
-) -> AsyncIterator[Restricted]:
-    core = client.CoreV1Api(k8s_api)
-    rbac = client.RbacAuthorizationV1Api(k8s_api)
-    name = f"module-controller-rbac-test-{uuid.uuid4().hex[:8]}"
-    await core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=SERVICE_ACCOUNT))
-    )
-    await rbac.create_cluster_role(_cluster_role_manifest(name))
-    binding: Any = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}],
-    }
-    await rbac.create_cluster_role_binding(binding)
-    try:
-        request: Any = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": TOKEN_SECONDS},
-        }
-        answer = await core.create_namespaced_service_account_token(
-            SERVICE_ACCOUNT, namespace, request
-        )
-        path = tmp_path / "service-account.kubeconfig"
-        _write_token_kubeconfig(path, _current_cluster(kubeconfig), answer.status.token)
-        yield Restricted(path, name)
-    finally:
-        for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
-            try:
-                await delete(name)
-            except ApiException as error:
-                if error.status != 404:
-                    raise
 
 
 def _can_i(kubectl: list[str], kubeconfig: Path, *what: str) -> str:
@@ -139,13 +42,6 @@ def _can_i(kubectl: list[str], kubeconfig: Path, *what: str) -> str:
         check=False,
     )
     return result.stdout.strip()
-
-
-def _assert_never_forbidden(operator: OperatorProcess) -> None:
-    text = operator.log.read_text(errors="replace")
-    refused = [line for line in text.splitlines() if FORBIDDEN.search(line)]
-    assert not refused, "the API server refused the operator:\n" + "\n".join(refused[:20])
-    assert operator.alive, operator.tail()
 
 
 async def _start(
@@ -185,7 +81,7 @@ async def test_the_cluster_role_is_enough_for_the_node_lifecycle(
 ) -> None:
     cluster, operator, base = await _start(restricted, kubectl, k8s_api, run_operator, start_base)
     await _base_leaves(cluster, base)
-    _assert_never_forbidden(operator)
+    assert_never_forbidden(operator)
 
 
 def _module_pod(name: str, node: str) -> Any:
@@ -277,4 +173,4 @@ async def test_the_cluster_role_is_enough_for_the_module_lifecycle(
     # --- end of the module block ---------------------------------------------------------------
 
     await _base_leaves(cluster, base)
-    _assert_never_forbidden(operator)
+    assert_never_forbidden(operator)
