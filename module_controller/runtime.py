@@ -87,6 +87,7 @@ class Runtime:
             self.membership,
             api,
             changed=lambda names: inbox.put(OwnershipChanged(tuple(names))),
+            settle=self._settle,
         )
         self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
@@ -307,6 +308,12 @@ class Runtime:
         elif self._http_crowded and not crowded:
             self.health.set("http", True, f"listening on port {self.http_server.port}")
         self._http_crowded = crowded
+
+    async def _settle(self, node_name: str, identity: str) -> None:
+        """Wait for the base's steps in progress: a hand-over waits for them."""
+        await self.module_sync.queue.settled(identity)
+        await self.module_sync.inventory_queries.settled(identity)
+        await self.nodes.queue.settled(node_name)
 
     async def _ownership(self) -> None:
         """Claim and hand over bases (shards/)."""

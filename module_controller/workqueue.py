@@ -39,6 +39,7 @@ class KeyedWorkQueue:
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._settle_waiters: dict[str, asyncio.Future[None]] = {}
         self._stopped = False
 
     def add(self, key: str) -> None:
@@ -65,6 +66,15 @@ class KeyedWorkQueue:
     def __len__(self) -> int:
         """Keys waiting or being processed."""
         return len(self._pending | self._active)
+
+    async def settled(self, key: str) -> None:
+        """Returns once no worker is processing `key`: what one started has finished."""
+        while key in self._active:
+            waiter = self._settle_waiters.get(key)
+            if waiter is None:
+                waiter = asyncio.get_running_loop().create_future()
+                self._settle_waiters[key] = waiter
+            await asyncio.shield(waiter)  # a waiter cancelled leaves it for the others
 
     async def stop(self) -> None:
         self._stopped = True
@@ -107,6 +117,9 @@ class KeyedWorkQueue:
                     retry.cancel()  # done meanwhile: the retry has nothing left to do
             finally:
                 self._active.discard(key)
+                waiter = self._settle_waiters.pop(key, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
                 if key in self._again:
                     self._again.discard(key)
                     self.add(key)

@@ -14,6 +14,7 @@ claimed is not in an older member list, but its Lease is fresh).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,9 +42,15 @@ HANDOVERS_PER_ROUND = 10
 # Claims per round: a round stays short (the others' bases come in the next rounds).
 CLAIMS_PER_ROUND = 100
 
+# How long a hand-over waits for the base's work in progress (a step that checked it held
+# the base before the hand-over) to finish; past it, the base stays here this round.
+SETTLE_SECONDS = 5.0
+
 # Nodes whose ownership changed for this replica (gained, or whose Lease went): the
 # dispatcher resyncs them and adopts the bases now held.
 Changed = Callable[[list[str]], Awaitable[None]]
+# Returns once nothing started for the base (node name, identity) is still running.
+Settle = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass
@@ -80,6 +87,7 @@ class Ownership:
         membership: Membership,
         api: client.ApiClient,
         changed: Changed,
+        settle: Settle | None = None,
     ) -> None:
         self.settings = settings
         self.membership = membership
@@ -87,6 +95,7 @@ class Ownership:
         self.coordination = client.CoordinationV1Api(api)
         self._api = api
         self._changed = changed
+        self._settle = settle
         self._table: dict[str, NodeLease] = {}
         self._trusted = False  # the table may be stale until listed again
         self._epoch = membership.epoch
@@ -175,7 +184,7 @@ class Ownership:
             if view.holder == self.me:
                 if intended is not None and intended != self.me and handed < HANDOVERS_PER_ROUND:
                     handed += 1
-                    await self._hand_over(name, view, intended)
+                    await self._hand_over(name, view, intended, identity)
             elif (
                 intended == self.me
                 and claimed < CLAIMS_PER_ROUND
@@ -227,9 +236,23 @@ class Ownership:
     async def _claim(self, name: str, view: NodeLease) -> None:
         await self._write(name, view, self.me, "claimed")
 
-    async def _hand_over(self, name: str, view: NodeLease, to: str) -> None:
-        # Stop acting first: from here on this replica sends nothing for the base.
+    async def _hand_over(self, name: str, view: NodeLease, to: str, identity: str) -> None:
+        # Stop acting first: from here on this replica starts nothing for the base, and
+        # what it started (a step that checked before this line) finishes before the new
+        # owner may act: the base never has two acting owners.
         self._table[name] = NodeLease(to, view.spec, view.resource_version)
+        if self._settle is not None:
+            try:
+                await asyncio.wait_for(self._settle(name, identity), SETTLE_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "Base %s still busy after %.0fs: not handed over to %s this round.",
+                    identity,
+                    SETTLE_SECONDS,
+                    to,
+                )
+                self._trusted = False  # the next round reads the Lease back (still ours)
+                return
         try:
             written = await self._write(name, view, to, f"handed over to {to}")
         except Exception:

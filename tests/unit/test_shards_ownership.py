@@ -27,9 +27,10 @@ from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.shards import membership as membership_module
+from module_controller.shards import ownership as ownership_module
 from module_controller.shards.assignment import intended_owner
 from module_controller.shards.membership import MEMBER_LABEL, Membership, member_lease_name
-from module_controller.shards.ownership import HANDOVERS_PER_ROUND, Ownership
+from module_controller.shards.ownership import HANDOVERS_PER_ROUND, Ownership, Settle
 from module_controller.tunnels.events import BaseInventory, BaselineQuery, BrokerConnected
 from module_controller.vnode_manifest import (
     COMPONENT_LABEL,
@@ -49,6 +50,7 @@ from tests.unit.wiring_support import (
     heartbeat,
     module_pod,
 )
+from tests.waiting import wait_for
 
 ENV = "shards"
 NAMESPACE = "mc"
@@ -208,7 +210,12 @@ class Replica:
     """One operator replica's membership and ownership, on the shared fake Leases."""
 
     def __init__(
-        self, name: str, leases: FakeLeases, api: client.ApiClient, settings: Settings | None = None
+        self,
+        name: str,
+        leases: FakeLeases,
+        api: client.ApiClient,
+        settings: Settings | None = None,
+        settle: Settle | None = None,
     ) -> None:
         self.leases = leases
         self.clock = Clock()
@@ -220,7 +227,7 @@ class Replica:
         async def gained(names: list[str]) -> None:
             self.gained.extend(names)
 
-        self.ownership = Ownership(self.settings, self.membership, api, gained)
+        self.ownership = Ownership(self.settings, self.membership, api, gained, settle)
         self.ownership.coordination = leases  # type: ignore[assignment]
 
     @property
@@ -510,6 +517,59 @@ async def test_the_new_owner_acts_once_the_watch_shows_it_the_hand_over(
     await d.watch()
     assert sorted(d.ownership.held()) == sorted(moving) == sorted(d.gained)
     assert all(leases.holder(name) == "replica-d" for name in moving)
+
+
+async def test_a_hand_over_waits_for_the_work_in_progress_on_the_base(
+    api: client.ApiClient, leases: FakeLeases
+) -> None:
+    """A step that checked it held the base before the hand-over finishes before the new
+    owner is named: the base never has two acting owners."""
+    busy = asyncio.Event()
+    settling: list[tuple[str, str]] = []
+
+    async def settle(name: str, identity: str) -> None:
+        settling.append((name, identity))
+        await busy.wait()
+
+    a = Replica("replica-a", leases, api, settle=settle)
+    members = ("replica-a", "replica-d")
+    [name] = bases_for("replica-d", members, 1)
+    bases = {name: name.removeprefix("virtual-node-")}
+    leases.put_node_lease(name, "replica-a")
+    await a.round(bases)
+    leases.put_member("replica-d")
+    handing = asyncio.create_task(a.round(bases))
+    await wait_for(lambda: asyncio.sleep(0, bool(settling)), timeout=2, what="the hand-over")
+    assert settling == [(name, bases[name])]
+    assert not a.ownership.holds(name), "nothing new starts for it meanwhile"
+    assert leases.holder(name) == "replica-a", "not named to the new owner while busy"
+    busy.set()
+    await handing
+    assert leases.holder(name) == "replica-d"
+
+
+async def test_a_base_still_busy_past_the_bound_stays_for_a_later_round(
+    api: client.ApiClient, leases: FakeLeases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ownership_module, "SETTLE_SECONDS", 0.05)
+    free = asyncio.Event()
+
+    async def settle(name: str, identity: str) -> None:
+        await free.wait()
+
+    a = Replica("replica-a", leases, api, settle=settle)
+    members = ("replica-a", "replica-d")
+    [name] = bases_for("replica-d", members, 1)
+    bases = {name: name.removeprefix("virtual-node-")}
+    leases.put_node_lease(name, "replica-a")
+    await a.round(bases)
+    leases.put_member("replica-d")
+    await a.round(bases)
+    assert leases.holder(name) == "replica-a"
+    assert not a.ownership.holds(name)
+    free.set()
+    await a.round(bases)  # reads the Leases again (still ours), then hands it over
+    assert leases.holder(name) == "replica-d"
 
 
 # --- ownership: fencing and stale tables -------------------------------------------------------

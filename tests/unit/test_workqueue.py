@@ -50,3 +50,26 @@ async def test_a_failure_is_retried_and_the_retry_timer_dies_with_the_queue() ->
     assert len(attempts) == tried
     queue.add("a")  # a late caller after stop() is ignored, not queued for nobody
     assert len(queue) == 0
+
+
+async def test_settled_returns_once_the_step_in_progress_has_finished() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def process(key: str) -> None:
+        started.set()
+        await release.wait()
+
+    queue = KeyedWorkQueue(process, workers=1)
+    queue.start()
+    try:
+        await asyncio.wait_for(queue.settled("a"), 1)  # idle: at once
+        queue.add("a")
+        await asyncio.wait_for(started.wait(), 1)
+        waiting = asyncio.create_task(queue.settled("a"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "a step is still running"
+        release.set()
+        await asyncio.wait_for(waiting, 1)
+    finally:
+        await queue.stop()
