@@ -10,13 +10,18 @@ With `--kubeconfig` and a broker it runs against a cluster and broker that alrea
 instead. `--once` (or `--timeout`) exits as soon as the sample's pod is Running and Ready,
 with a diagnosis when it is not in time: tests and timing runs use that.
 
+`--replicas N` starts N operator processes (CLIENT_IDs replica-1..N) that share the bases;
+the view shows how many bases each holds, from the node Leases' holders.
+
 The package: `command` (the command line), `options`, `state` (what a running demo
-remembers), `view` (the live view), `cluster_io` (what it reads from and removes in the
+remembers), `view` (the live view), `replicas` (its bases-per-replica table, from Leases),
+`operators` (the operator processes), `cluster_io` (what it reads from and removes in the
 cluster) and `runner` (the demo itself).
 """
 
 from module_controller.demo.command import register, run
 from module_controller.demo.options import Options, default_sample, default_state_dir
+from module_controller.demo.replicas import ReplicaRow, replica_rows, replicas_summary
 from module_controller.demo.state import DemoState, load_state, shell_exports
 from module_controller.demo.view import (
     BaseRow,
@@ -39,6 +44,7 @@ __all__ = [
     "NodeRow",
     "Options",
     "PodRow",
+    "ReplicaRow",
     "Sample",
     "Snapshot",
     "default_sample",
@@ -50,6 +56,8 @@ __all__ = [
     "pod_row",
     "register",
     "render",
+    "replica_rows",
+    "replicas_summary",
     "run",
     "shell_exports",
     "status_line",

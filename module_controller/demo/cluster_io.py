@@ -14,6 +14,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.demo.options import CLEANUP_WAIT_SECONDS
 from module_controller.settings import SEED_MODULE_LABEL
+from module_controller.shards.membership import MEMBER_LABEL
+from module_controller.shards.ownership import node_lease_selector
 from module_controller.vnode_manifest import LEASE_NAMESPACE, env_node_selector
 
 # What a cluster may answer while it or the operator is going away: not worth a traceback.
@@ -73,6 +75,24 @@ async def module_pods_and_nodes(
         namespace, label_selector=f"{SEED_MODULE_LABEL}=module", _request_timeout=10
     )
     return list(nodes.items), list(pods.items)
+
+
+async def replica_leases(
+    api: client.ApiClient, env: str, members_namespace: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The env's node Leases and its replicas' membership Leases (in the operator's
+    NAMESPACE), as the API serves them: one list call each, by label."""
+    coordination = client.CoordinationV1Api(api)
+    nodes = await coordination.list_namespaced_lease(
+        LEASE_NAMESPACE, label_selector=node_lease_selector(env), _request_timeout=10
+    )
+    members = await coordination.list_namespaced_lease(
+        members_namespace, label_selector=f"{MEMBER_LABEL}={env}", _request_timeout=10
+    )
+    return (
+        [api.sanitize_for_serialization(lease) for lease in nodes.items],
+        [api.sanitize_for_serialization(lease) for lease in members.items],
+    )
 
 
 async def recent_events(api: client.ApiClient, namespace: str) -> list[str]:

@@ -21,6 +21,7 @@ from module_controller.demo.options import (
     DEFAULT_ENV,
     DEFAULT_ONCE_TIMEOUT_SECONDS,
     DEFAULT_REFRESH_SECONDS,
+    DEFAULT_REPLICAS,
     EXIT_NOT_READY,
     EXIT_OK,
     EXIT_SETUP_FAILED,
@@ -44,8 +45,9 @@ def register(commands: Any) -> None:
             "Start the testbed (a real Kubernetes control plane and a Mosquitto broker on\n"
             "loopback), the operator, and simulated bases of the seed's base (name "
             f"'{BASE_NAME}',\nversion {BASE_VERSION}); apply the seed's sample module "
-            "Deployment; then show bases,\nnodes and module pods live, with the kubectl "
-            "lines to try next. Ctrl-C stops\neverything the demo started.\n\n"
+            "Deployment; then show bases,\nnodes, bases per operator replica (the holders "
+            "of the nodes' Leases) and module\npods live, with the kubectl lines to try "
+            "next. Ctrl-C stops everything the demo\nstarted.\n\n"
             "With --kubeconfig it uses that cluster, and the broker of --mqtt-broker (or\n"
             "MQTT_BROKER), instead of the testbed; on leaving it also deletes the sample\n"
             "Deployment it created and the nodes of its ENV.\n\n"
@@ -56,6 +58,8 @@ def register(commands: Any) -> None:
             "  module-controller demo                     # everything local, until Ctrl-C\n"
             "  module-controller demo --once              # exit 0 once the sample's pod is "
             "Ready\n"
+            "  module-controller demo --replicas 3 --bases 9  # the bases shared by three "
+            "operators\n"
             '  eval "$(module-controller demo --exports)"  # another shell: kubectl and '
             "the broker of the running demo\n"
             "  module-controller demo --kubeconfig ~/.kube/config --mqtt-broker mqtt.local "
@@ -117,6 +121,15 @@ def register(commands: Any) -> None:
         default=DEFAULT_BASES,
         metavar="N",
         help=f"simulated bases '{BASE_NAME}' {BASE_VERSION} to start (default: %(default)s)",
+    )
+    what.add_argument(
+        "--replicas",
+        type=int,
+        default=DEFAULT_REPLICAS,
+        metavar="N",
+        help="operator processes that share the bases, each holding its bases' node "
+        "Leases; the view shows bases per replica. CLIENT_IDs replica-1..N, "
+        "<ENV>-replica-1..N on a broker given with --kubeconfig (default: %(default)s)",
     )
     what.add_argument(
         "--first-ip",

@@ -13,6 +13,7 @@ from module_controller.testbed.mosquitto import BrokerInfo
 BASE_NAME = "base"  # the seed's base, which the sample's node affinity asks for
 BASE_VERSION = "1.1.1"
 DEFAULT_BASES = 3
+DEFAULT_REPLICAS = 1
 DEFAULT_ENV = "dev"
 DEFAULT_REFRESH_SECONDS = 1.5
 DEFAULT_ONCE_TIMEOUT_SECONDS = 300.0
@@ -49,6 +50,7 @@ class Options:
     broker: BrokerInfo | None
     env: str
     bases: int
+    replicas: int
     first_ip: str
     sample: Path
     namespace: str | None
@@ -61,6 +63,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     """Check the arguments; raises ValueError with a sentence for the user."""
     if args.bases < 0:
         raise ValueError("--bases cannot be negative")
+    if args.replicas < 1:
+        raise ValueError("--replicas must be at least 1")
     if args.refresh <= 0:
         raise ValueError("--refresh must be positive")
     if args.timeout is not None and args.timeout <= 0:
@@ -86,6 +90,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         broker=broker,
         env=args.env.lower(),
         bases=args.bases,
+        replicas=args.replicas,
         first_ip=args.first_ip,
         sample=args.sample,
         namespace=args.namespace,

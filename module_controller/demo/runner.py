@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -19,7 +20,8 @@ import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from module_controller.demo import cluster_io
+from module_controller.demo import cluster_io, operators
+from module_controller.demo.operators import Replica
 from module_controller.demo.options import (
     BASE_NAME,
     BASE_VERSION,
@@ -34,6 +36,7 @@ from module_controller.demo.options import (
     Options,
     bases_mqtt_settings,
 )
+from module_controller.demo.replicas import replica_rows
 from module_controller.demo.state import DemoState, load_state
 from module_controller.demo.view import (
     BaseRow,
@@ -45,13 +48,14 @@ from module_controller.demo.view import (
     render,
     status_line,
 )
+from module_controller.go_compat import own_namespace
 from module_controller.simulator.config import BaseConfig
 from module_controller.simulator.fleet import Fleet
-from module_controller.testbed import process, testbed
+from module_controller.testbed import testbed
 from module_controller.testbed.binaries import BuildFailed, ensure_binaries
 from module_controller.testbed.mosquitto import BrokerInfo
-from module_controller.testbed.operator_process import OperatorProcess, operator_environment
 from module_controller.testbed.process import ComponentFailed
+from module_controller.vnode_manifest import now_utc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,8 +78,8 @@ class Demo:
         self.kubeconfig: Path | None = options.kubeconfig
         self.broker: BrokerInfo | None = options.broker
         self.kubectl_path: Path | None = None
-        self.operator: OperatorProcess | None = None
-        self.operator_log = options.state_dir / "operator.log"
+        self.operators: list[Replica] = []
+        self.members_namespace = "default"  # the operators' NAMESPACE, set when they start
         self.fleet: Fleet | None = None
         self.api: client.ApiClient | None = None
         self.sample: Sample | None = None
@@ -83,8 +87,6 @@ class Demo:
         self.first_ready_after: float | None = None
         self.timeline: list[str] = []
         self.last_status = ""
-        self.metrics_url = ""
-        self.readyz_url = ""
 
     # --- saying things ---------------------------------------------------------------------
 
@@ -170,7 +172,7 @@ class Demo:
         if self.stop.is_set():
             return
         self.api = await config.new_client_from_config(config_file=str(self.kubeconfig))
-        await self._start_operator()
+        await self._start_operators()
         if self.stop.is_set():
             return
         await self._start_bases()
@@ -183,42 +185,46 @@ class Demo:
         return f"{self.broker.host}:{self.broker.port}"
 
     async def _clean_leftovers(self) -> None:
-        """A demo killed outright (SIGKILL) leaves its operator and testbed; stop them."""
+        """A demo killed outright (SIGKILL) leaves its operators and testbed; stop them."""
         previous = load_state(self.options.state_dir)
         if previous is None:
             return
-        leftover = previous.operator
-        if leftover is not None and process.is_running(leftover):
-            self.say(f"Stopping the operator a previous demo left running (pid {leftover.pid}).")
-            await self._step(lambda: process.stop(leftover))
+        records = previous.operator_records()
+        if pids := await self._step(lambda: operators.stop_leftovers(records)):
+            self.say(f"Stopped the operators a previous demo left running (pids {pids}).")
         (self.options.state_dir / STATE_FILE).unlink(missing_ok=True)
 
-    async def _start_operator(self) -> None:
+    async def _start_operators(self) -> None:
         assert self.kubeconfig is not None and self.broker is not None
-        metrics_port, health_port = process.free_port(), process.free_port()
         inherited = dict(os.environ)
         if self.testbed_dir is not None:
             # The testbed's broker has no TLS: settings from the caller's shell do not apply.
             inherited = {k: v for k, v in inherited.items() if not k.startswith("MQTT_")}
-        environment = operator_environment(
-            self.kubeconfig,
-            self.options.env,
-            self.broker,
-            {"METRICS_PORT": str(metrics_port), "HEALTH_PORT": str(health_port)},
+        self.members_namespace = inherited.get("NAMESPACE") or own_namespace()
+        count, env = self.options.replicas, self.options.env
+        ids = operators.client_ids(env, count, own_broker=self.testbed_dir is not None)
+        what = "the operator" if count == 1 else f"{count} operator replicas"
+        self.say(
+            f"Starting {what} (ENV={env}, CLIENT_ID {', '.join(ids)}); logs in "
+            f"{self.options.state_dir}."
+        )
+        start = functools.partial(
+            operators.start_replica,
+            count=count,
+            kubeconfig=self.kubeconfig,
+            env=env,
+            broker=self.broker,
+            members_namespace=self.members_namespace,
+            state_dir=self.options.state_dir,
             inherited=inherited,
         )
-        self.operator_log.unlink(missing_ok=True)  # this run's log only
-        # In a session of its own: Ctrl-C reaches only the demo, which stops the operator
-        # after the bases said goodbye, so that their nodes are removed.
-        operator = OperatorProcess(environment, self.operator_log, own_session=True)
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.readyz_url = operator.readyz_url
-        self.say(f"Starting the operator (ENV={self.options.env}); its log is {self.operator_log}.")
-        operator.start()
-        self.operator = operator
-        self._save_state()
-        await self._step(lambda: operator.wait_ready(OPERATOR_READY_TIMEOUT_SECONDS))
-        self.mark("the operator was ready (connected to the cluster and the broker)")
+        for client_id in ids:
+            self.operators.append(start(client_id))  # known at once: stopped on leaving
+            self._save_state()
+        await operators.wait_ready(self.operators, OPERATOR_READY_TIMEOUT_SECONDS)
+        self.mark(
+            f"{what} {'were' if count > 1 else 'was'} ready (connected to cluster and broker)"
+        )
 
     def _path(self) -> list[str]:
         """Directories to put first on PATH: kubectl's and module-controller's."""
@@ -234,7 +240,7 @@ class Demo:
             path=self._path(),
             env=self.options.env,
             namespace=sample.namespace,
-            operator=self.operator.record if self.operator else None,
+            operators=[r.process.record for r in self.operators if r.process.record],
             testbed_dir=str(self.testbed_dir) if self.testbed_dir else None,
         )
         path = self.options.state_dir / STATE_FILE
@@ -317,12 +323,16 @@ class Demo:
             nodes, pods = await cluster_io.module_pods_and_nodes(
                 self.api, self.options.env, sample.namespace
             )
+            node_leases, member_leases = await cluster_io.replica_leases(
+                self.api, self.options.env, self.members_namespace
+            )
         except cluster_io.GONE_ERRORS as error:
             return Snapshot(bases, [], [], error=" ".join(str(error).split())[:200])
         node_rows = sorted((node_row(n) for n in nodes), key=lambda row: row.ip)
         pod_rows = sorted((pod_row(p) for p in pods), key=lambda row: row.name)
+        replicas = replica_rows(node_leases, member_leases, now_utc())
         self._note_first_ready(pods)
-        return Snapshot(bases, node_rows, pod_rows)
+        return Snapshot(bases, node_rows, pod_rows, replicas=replicas)
 
     def _note_first_ready(self, pods: list[Any]) -> None:
         if self.first_ready_after is not None:
@@ -337,9 +347,6 @@ class Demo:
                 f"the first module pod was Running and Ready after {self.first_ready_after:.1f}s"
             )
 
-    def _operator_exit(self) -> int | None:
-        return None if self.operator is None else self.operator.exit_code
-
     def header(self) -> list[str]:
         assert self.broker is not None
         where = "testbed" if self.testbed_dir else "existing cluster"
@@ -349,10 +356,7 @@ class Demo:
             f"  cluster: {where} (KUBECONFIG={self.kubeconfig})",
             f"  broker: {self._broker_text()}   ENV: {self.options.env}",
         ]
-        code = self._operator_exit()
-        state = f"pid {self.operator.pid}" if self.operator and code is None else f"EXITED ({code})"
-        lines.append(f"  operator: {state}, log {self.operator_log}")
-        lines.append(f"  metrics: {self.metrics_url}   readiness: {self.readyz_url}")
+        lines += operators.header_lines(self.operators, self.options.state_dir)
         if self.first_ready_after is not None:
             lines.append(
                 f"  first module pod Running and Ready {self.first_ready_after:.1f}s "
@@ -399,9 +403,10 @@ class Demo:
                     "after the command."
                 )
                 return EXIT_OK
-            code = self._operator_exit()
-            if code is not None:
-                await self._diagnose(snapshot, f"the operator exited with code {code}")
+            exited = operators.first_exit(self.operators)
+            if exited is not None:
+                client_id, code = exited
+                await self._diagnose(snapshot, f"the operator {client_id} exited with code {code}")
                 return EXIT_NOT_READY
             if time.monotonic() >= deadline:
                 await self._diagnose(
@@ -421,8 +426,7 @@ class Demo:
         lines.append("")
         lines += await cluster_io.recent_events(self.api, self._load_sample().namespace)
         lines.append("")
-        lines.append(f"Last lines of the operator log ({self.operator_log}):")
-        lines += ["  " + line for line in process.log_tail(self.operator_log, 30).splitlines()]
+        lines += operators.log_tails(self.operators)
         print("\n".join(lines), file=self.out, flush=True)
 
     # --- stopping ------------------------------------------------------------------------
@@ -440,11 +444,12 @@ class Demo:
                     await base.graceful_exit()
             await self.fleet.stop()
             stopped.append(f"{count} simulated bases")
-            if existing and self._operator_exit() is None and self.api is not None:
+            if existing and operators.any_running(self.operators) and self.api is not None:
                 await cluster_io.wait_nodes_gone(self.api, self.options.env)
-        if self.operator is not None:
-            await asyncio.to_thread(self.operator.stop)
-            stopped.append("the operator")
+        if self.operators:
+            await operators.stop_all(self.operators)
+            count = len(self.operators)
+            stopped.append("the operator" if count == 1 else f"{count} operator replicas")
         if existing:
             await self._delete_leftover_nodes()
         if self.api is not None:
@@ -473,7 +478,7 @@ class Demo:
                 check=False,
             )
         )
-        if self._operator_exit() is not None or self.api is None:
+        if not operators.any_running(self.operators) or self.api is None:
             return
         # The operator uninstalls the modules and removes the pods; give it a moment.
         selector = ",".join(f"{k}={v}" for k, v in sample.selector.items())

@@ -22,8 +22,13 @@ class DemoState(BaseModel):
     path: list[str]  # directories holding kubectl and module-controller
     env: str
     namespace: str
+    operators: list[ProcessRecord] = []
+    # What a demo from before --replicas wrote: read, so that its leftover is stopped too.
     operator: ProcessRecord | None = None
     testbed_dir: str | None = None
+
+    def operator_records(self) -> list[ProcessRecord]:
+        return [*self.operators, *([self.operator] if self.operator else [])]
 
 
 def load_state(state_dir: Path) -> DemoState | None:

@@ -1,4 +1,5 @@
-"""What the live view shows: bases, nodes and module pods, the sample, the kubectl hints."""
+"""What the live view shows: bases, nodes, bases per operator replica and module pods, the
+sample, the kubectl hints."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import json
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from module_controller.demo.options import ARKLET_QUERY, BASE_NAME, BASE_VERSION
+from module_controller.demo.replicas import (
+    REPLICA_HEADERS,
+    ReplicaRow,
+    replica_cells,
+    replicas_summary,
+    replicas_title,
+)
 from module_controller.settings import SEED_MODULE_LABEL
 from module_controller.testbed.kube_reads import is_ready, ready_condition
 
@@ -84,6 +92,7 @@ class Snapshot:
     nodes: list[NodeRow]
     pods: list[PodRow]
     error: str = ""
+    replicas: list[ReplicaRow] = field(default_factory=list)
 
 
 def next_version(version: str) -> str:
@@ -177,6 +186,10 @@ def render(
         else ["  none yet"]
     )
     lines.append("")
+    lines.append(replicas_title(snapshot.replicas))
+    replica_rows = [replica_cells(row) for row in snapshot.replicas]
+    lines += _table(REPLICA_HEADERS, replica_rows) if replica_rows else ["  none yet"]
+    lines.append("")
     ready = sum(p.ready for p in snapshot.pods)
     lines.append(
         f"MODULE PODS in {sample.namespace} ({module_label}=module; {ready}/{len(snapshot.pods)} "
@@ -254,6 +267,8 @@ def status_line(snapshot: Snapshot) -> str:
         f"bases {connected}/{len(snapshot.bases)} connected; nodes {ready_nodes}/"
         f"{len(snapshot.nodes)} Ready; module pods: {pods or 'none'}"
     )
+    if snapshot.replicas:
+        line += f"; bases per replica: {replicas_summary(snapshot.replicas)}"
     if snapshot.error:
         line += f"; cluster unreadable: {snapshot.error}"
     return line

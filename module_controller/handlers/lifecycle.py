@@ -59,7 +59,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Only peer Deployments reach the operator (handlers/peer.py), whether that is on or not.
     settings.watching.label_selectors["apps", "deployments"] = PEER_SELECTOR
     # Only this env's node Leases: who owns each base (handlers/leases.py).
-    settings.watching.label_selectors["coordination.k8s.io", "leases"] = node_lease_selector(ours)
+    leases = node_lease_selector(ours.env)
+    settings.watching.label_selectors["coordination.k8s.io", "leases"] = leases
     # Nodes and pods are core, cluster-wide resources: nothing to discover, so no need
     # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
     settings.scanning.disabled = True

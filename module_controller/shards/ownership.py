@@ -76,8 +76,9 @@ class NodeLease:
         )
 
 
-def node_lease_selector(settings: Settings) -> str:
-    return f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={settings.env}"
+def node_lease_selector(env: str) -> str:
+    """The env's node Leases (the labels vnodes.py writes)."""
+    return f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={env}"
 
 
 class Ownership:
@@ -221,7 +222,7 @@ class Ownership:
 
     async def _relist(self) -> None:
         leases = await self.coordination.list_namespaced_lease(
-            LEASE_NAMESPACE, label_selector=node_lease_selector(self.settings)
+            LEASE_NAMESPACE, label_selector=node_lease_selector(self.settings.env)
         )
         self._table = {
             lease.metadata.name: NodeLease.of(self._api.sanitize_for_serialization(lease))

@@ -1,9 +1,11 @@
-"""The demo's pure parts: reading the sample, the live view, the hints, its arguments."""
+"""The demo's pure parts: reading the sample, the live view (with its bases per replica,
+from Leases), the hints, its arguments."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from module_controller.demo import (
     DemoState,
     NodeRow,
     PodRow,
+    ReplicaRow,
     Sample,
     Snapshot,
     default_sample,
@@ -24,14 +27,18 @@ from module_controller.demo import (
     next_version,
     pod_row,
     render,
+    replica_rows,
     shell_exports,
     status_line,
     update_patch,
 )
+from module_controller.demo.operators import client_ids
 from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.testbed.process import ProcessRecord
 
 NODE_A = "virtual-node-11111111-1111-1111-1111-111111111111"
 NODE_B = "virtual-node-22222222-2222-2222-2222-222222222222"
+NOW = datetime.datetime(2025, 6, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
 
 @pytest.fixture
@@ -51,6 +58,116 @@ def _snapshot(pods: list[PodRow]) -> Snapshot:
         ],
         pods=pods,
     )
+
+
+def _lease(holder: str | None, renewed_ago: float | None, duration: int = 40) -> dict[str, Any]:
+    """A Lease as the API serves it (camelCase), renewed `renewed_ago` seconds before NOW."""
+    spec: dict[str, Any] = {"leaseDurationSeconds": duration}
+    if holder is not None:
+        spec["holderIdentity"] = holder
+    if renewed_ago is not None:
+        renewed = NOW - datetime.timedelta(seconds=renewed_ago)
+        spec["renewTime"] = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"metadata": {"name": "x", "resourceVersion": "1"}, "spec": spec}
+
+
+def test_bases_are_counted_per_replica_from_the_leases() -> None:
+    node_leases = [
+        _lease("replica-2", 1),
+        _lease("replica-10", 1),
+        _lease("replica-2", 39),
+        _lease("replica-3", 41),  # ran out: replica-3 died and nobody took it over yet
+        _lease("replica-3", 1),
+        _lease(None, 0),  # released on a clean stop, not claimed yet
+        _lease("", 100),
+    ]
+    member_leases = [
+        _lease("replica-2", 1, duration=15),
+        _lease("replica-10", 14, duration=15),
+        _lease("replica-3", 16, duration=15),
+        _lease("replica-1", 2, duration=15),  # a member that holds nothing (yet)
+        _lease(None, 1, duration=15),
+    ]
+    assert replica_rows(node_leases, member_leases, NOW) == [
+        ReplicaRow("replica-1", "live", bases=0, expired=0),
+        ReplicaRow("replica-2", "live", bases=2, expired=0),
+        ReplicaRow("replica-3", "expired", bases=1, expired=1),
+        ReplicaRow("replica-10", "live", bases=1, expired=0),
+        ReplicaRow("", "", bases=2),
+    ]
+
+
+def test_a_holder_without_membership_lease_and_an_unrenewed_lease_show_as_such() -> None:
+    rows = replica_rows([_lease("gone", 5), _lease("gone", None)], [], NOW)
+    assert rows == [ReplicaRow("gone", "none", bases=1, expired=1)]
+    # A replica seen with both an old and a fresh membership Lease is live.
+    members = [_lease("r", 60, duration=15), _lease("r", 1, duration=15)]
+    assert replica_rows([], members, NOW) == [ReplicaRow("r", "live", bases=0)]
+    assert replica_rows([], [], NOW) == []
+
+
+def test_the_view_shows_bases_per_replica(sample: Sample) -> None:
+    snapshot = _snapshot([])
+    snapshot.replicas = [
+        ReplicaRow("replica-1", "live", bases=2),
+        ReplicaRow("replica-22", "expired", bases=0, expired=1),
+        ReplicaRow("", "", bases=1),
+    ]
+    lines = render(snapshot, header=[], sample=sample, hints=[]).splitlines()
+    start = lines.index("REPLICAS (1 live; 2/4 bases held)")
+    table = lines[start + 1 : start + 5]
+    # Columns are two spaces or more apart (a cell may hold one).
+    assert [re.split(r" {2,}", line.strip()) for line in table] == [
+        ["REPLICA", "MEMBERSHIP", "BASES", "EXPIRED"],
+        ["replica-1", "live", "2", "0"],
+        ["replica-22", "expired", "0", "1"],
+        ["(no holder)", "-", "1", "-"],
+    ]
+    column = table[0].index("BASES")
+    assert [line[column] for line in table[1:]] == ["2", "0", "1"], "the columns line up"
+    assert lines[start + 5] == "", "the section ends with its table"
+    assert (
+        lines.index("NODES (2/2 Ready)")
+        < start
+        < lines.index(
+            "MODULE PODS in default (module-controller.koupleless.io/component=module; 0/0 Ready)"
+        )
+    )
+    assert status_line(snapshot).endswith(
+        "; bases per replica: replica-1 2, replica-22 0 (1 expired) [membership expired], "
+        "no holder 1"
+    )
+
+
+def test_before_any_lease_the_replicas_section_says_so(sample: Sample) -> None:
+    lines = render(_snapshot([]), header=[], sample=sample, hints=[]).splitlines()
+    start = lines.index("REPLICAS (0 live; 0/0 bases held)")
+    assert lines[start + 1] == "  none yet"
+    assert "per replica" not in status_line(_snapshot([]))
+
+
+def test_replica_client_ids_are_private_to_the_env_on_a_shared_broker() -> None:
+    assert client_ids("dev", 3, own_broker=True) == ["replica-1", "replica-2", "replica-3"]
+    # Their MQTT client ids derive from them: two demos on one broker must not clash.
+    assert client_ids("e2eab12", 2, own_broker=False) == [
+        "e2eab12-replica-1",
+        "e2eab12-replica-2",
+    ]
+
+
+def test_a_state_from_before_replicas_still_names_its_operator() -> None:
+    record = ProcessRecord(name="operator", pid=42, start_ticks=7, log="/l")
+    other = ProcessRecord(name="operator", pid=43, start_ticks=8, log="/m")
+    fields = {"kubeconfig": "/k", "env": "dev", "namespace": "default", "path": ["/b"]}
+    broker = {"host": "h", "port": 1, "username": "", "password": ""}
+    old = DemoState.model_validate({**fields, "broker": broker, "operator": record.model_dump()})
+    assert old.operator_records() == [record]
+    new = DemoState.model_validate({**fields, "broker": broker, "operators": [record, other]})
+    assert new.operator_records() == [record, other]
+    assert DemoState.model_validate_json(new.model_dump_json()).operator_records() == [
+        record,
+        other,
+    ]
 
 
 def test_the_seed_sample_is_read_as_is(sample: Sample) -> None:
@@ -236,6 +353,7 @@ def test_an_existing_cluster_needs_a_broker(
     ("argv", "message"),
     [
         (["--bases", "-1"], "--bases cannot be negative"),
+        (["--replicas", "0"], "--replicas must be at least 1"),
         (["--timeout", "0"], "--timeout must be positive"),
         (["--kubeconfig", "/nonexistent/kubeconfig"], "no such file"),
         (["--sample", "/nonexistent/sample.yaml"], "no such file"),
