@@ -200,6 +200,8 @@ class BaseModules:
             del self.reported[entry]
 
 
+REMOVED_REMEMBERED = 10_000  # pods we deleted, remembered until the watch reports it
+
 _SETTING_UP = frozenset({BizState.UNRESOLVED, BizState.RESOLVED})
 
 
@@ -245,6 +247,8 @@ class ModuleState:
     # as a scan of `pods` does (the planner keeps the order of terminating pods).
     _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _added: int = field(default=0, init=False, repr=False)
+    # Pods we deleted, until the watch says so: a late event must not bring one back.
+    _removed: dict[str, None] = field(default_factory=dict, init=False, repr=False)
 
     def pods_on(self, node_name: str) -> list[ModulePod]:
         """The module pods on a node, in the order of `pods`."""
@@ -254,6 +258,8 @@ class ModuleState:
     def upsert_pod(self, body: dict[str, Any], now: float) -> set[str]:
         """Record a pod; returns the node names whose plans may have changed."""
         pod = module_pod_of(body)
+        if pod.uid in self._removed:
+            return set()
         old = self.pods.get(pod.uid)
         if old is not None and not _resource_version_newer(
             pod.resource_version, old.resource_version
@@ -278,7 +284,16 @@ class ModuleState:
             self._on_node.setdefault(pod.node_name, set()).add(pod.uid)
         return {name for name in (pod.node_name, old.node_name if old else None) if name}
 
-    def remove_pod(self, uid: str) -> set[str]:
+    def removed_by_us(self, uid: str) -> set[str]:
+        """We deleted the pod object: gone, whatever late event comes before the watch's."""
+        self._removed[uid] = None
+        if len(self._removed) > REMOVED_REMEMBERED:
+            del self._removed[next(iter(self._removed))]
+        return self.remove_pod(uid, deleted=False)
+
+    def remove_pod(self, uid: str, *, deleted: bool = True) -> set[str]:
+        if deleted:
+            self._removed.pop(uid, None)  # the watch says so: nothing more will come
         pod = self.pods.pop(uid, None)
         if pod is None:
             return set()

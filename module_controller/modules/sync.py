@@ -400,6 +400,9 @@ class ModuleSync:
             if error.status not in (404, 409):
                 self.metrics.record_api_error("pods", error.status)
                 raise
+            self.state.removed_by_us(pod.uid)
+            return  # gone already (another replica or a plan before this one removed it)
+        self.state.removed_by_us(pod.uid)
         # Say what is true: "uninstalled" only where the base confirmed it (the inventory
         # no longer lists the pod's modules), not for a pod let go from a silent base.
         log.info("Removed pod %s: %s.", pod.key, why)

@@ -214,3 +214,29 @@ async def test_a_base_heard_again_before_base_gone_runs_keeps_its_pods_ready(sce
     scene.add(pod("a", [("biz1", "1")], ready=True))
     await scene.sync.base_gone(scene.node, "silent for 61s")
     assert scene.calls.log == [], "its base is in the registry again: the pod stays Ready"
+
+
+async def test_a_pod_removed_is_deleted_once_though_late_events_come_before_its_deletion(
+    scene: Scene,
+) -> None:
+    """The watch's events of a pod we deleted may come after our next look at the base
+    (the pod's last update before the delete): it was deleted, not to be deleted again."""
+    leaving = scene.add(pod("old", [("biz1", "1")], deleting=True, deletion_seen_at=0))
+    scene.state.set_inventory(IDENTITY, simple())
+    await scene.sync.sync_base(IDENTITY)
+    assert scene.calls.kinds() == [("delete", "old")]
+    late = {
+        "metadata": {
+            "uid": leaving.uid,
+            "name": "old",
+            "namespace": "ns",
+            "resourceVersion": "2",
+            "deletionTimestamp": "2026-11-28T10:00:05Z",
+        },
+        "spec": {"nodeName": scene.node, "containers": []},
+    }
+    assert scene.state.upsert_pod(late, now=1.0) == set()
+    await scene.sync.sync_base(IDENTITY)
+    assert scene.calls.kinds() == [("delete", "old")], "deleted once"
+    scene.state.remove_pod(leaving.uid)  # the watch's deletion: forgotten for good
+    assert scene.state.upsert_pod(late, now=2.0) == {scene.node}
