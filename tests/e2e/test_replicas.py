@@ -1,19 +1,27 @@
 """Bases sharded over three, then four, operator replicas on Leases (issue 12), end to end.
 
-Three operator processes (CLIENT_IDs replica-a, -b, -c) share twelve simulated bases and a
-twelve-replica module Deployment, one pod per base. The bases' identities are chosen so the
-rendezvous hashing gives each replica four, and a fourth replica (replica-d) three of them,
+Three operator processes (CLIENT_IDs replica-a, -b, -c) share thirty simulated bases and a
+thirty-replica module Deployment, one pod per base. The bases' identities are chosen so the
+rendezvous hashing gives each replica ten, and a fourth replica (replica-d) three of them,
 one from each: the test knows every intended owner in advance. A monitor reads the env's
 node Leases, its nodes and its module pods every half second for the whole test, and each
 live replica's `module_controller_bases_owned`; it records any node or pod not Ready once
-the release is done, any Lease held by an unknown or a killed holder, and the oldest node
-Lease renewal it saw. Then, in turn: kill -9 of replica-a; SIGSTOP of replica-b past its
+the release is done (but what a rolling update must do: see pod_problems), two Ready pods
+on one base, any Lease held by an unknown or a killed holder, and the oldest node Lease
+renewal it saw. Then, in turn: kill -9 of replica-a; SIGSTOP of replica-b past its
 membership Lease, then SIGCONT; replica-d joins; replica-c is killed and started again at
 once under the same CLIENT_ID. After each, the bases are held by their intended owners
 (whose gauges say so), no base received an install or an uninstall, no pod or node went
 NotReady, the nodes and pods are the same objects, and no replica logged a command, a pod
-status write or a node write other than refreshing a node it adopted. What goes wrong in a
-step is reported at the end, so the later steps still run.
+status write or a node write other than refreshing a node it adopted. Last, replica-b is
+killed and at once, before anyone takes its bases over, the Deployment is rolled to a new
+module version: its bases are taken over within TAKEOVER_SECONDS, the rollout completes
+(every pod of the new version Ready, one on each base, which runs that version alone),
+every base received exactly one install of the new version and one uninstall of the old
+(nothing re-sent by the takeover), on every base the old pod went NotReady (or away)
+before the new one went Ready, no node went NotReady nor was replaced, and each replica's
+installs, uninstalls and pod writes were for bases it owned. What goes wrong in a step is
+reported at the end, so the later steps still run.
 """
 
 from __future__ import annotations
@@ -21,10 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import time
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -35,17 +41,34 @@ from module_controller.shards.assignment import intended_owner
 from module_controller.shards.membership import MEMBER_LABEL
 from module_controller.simulator.base import SimulatedBase
 from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted, ready_condition
-from module_controller.testbed.operator_process import OperatorProcess
 from module_controller.vnode_manifest import COMPONENT_LABEL, ENV_LABEL, LEASE_NAMESPACE
 from tests.e2e.conftest import OPERATOR_TIMINGS, BaseFactory, OperatorFactory, free_port
-from tests.e2e.modules_support import deployment, manifest, wait_pods
+from tests.e2e.modules_support import (
+    PodHistory,
+    deployment,
+    manifest,
+    modules_of,
+    set_modules,
+    wait_pods,
+)
+from tests.e2e.replicas_support import (
+    COMMAND_NAMES,
+    Replica,
+    Update,
+    choose_identities,
+    late_handovers,
+    module_commands,
+    not_its_own,
+    pod_problems,
+    version_of,
+)
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.usefixtures("env_nodes_cleanup"), pytest.mark.timeout(300)]
 
 FIRST = ("replica-a", "replica-b", "replica-c")
 JOINER = "replica-d"
-PER_REPLICA = 4  # bases per replica among FIRST
+PER_REPLICA = 10  # bases per replica among FIRST
 BASES = PER_REPLICA * len(FIRST)
 APP = "sharded"
 MONITOR_SECONDS = 0.5
@@ -53,77 +76,8 @@ TAKEOVER_SECONDS = 20.0  # the issue's bound: a dead replica's bases owned by ot
 REPLICA_LEASE_SECONDS = float(OPERATOR_TIMINGS["REPLICA_LEASE_SECONDS"])
 LEASE_RENEW_SECONDS = float(OPERATOR_TIMINGS["LEASE_RENEW_SECONDS"])
 STOPPED_SECONDS = REPLICA_LEASE_SECONDS + 4  # a partition longer than the membership Lease
-COMMAND_NAMES = ("installBiz", "uninstallBiz")
-# What a replica may not log once the release is done: commands, pod writes, node writes
-# other than the new owner's refresh of a node it adopts (Ready=True, as it was).
-ACTS = re.compile(
-    r"Installing |Uninstalling |Pod \S+ is |Created node |Updated node \S+: Ready=False"
-    r"|Deleted node "
-)
-
-
-def choose_identities(prefix: str) -> list[str]:
-    """Twelve identities: four per replica among FIRST; with replica-a gone and replica-d
-    joined, replica-d gets exactly three, one first held by each of the three. The one
-    first held by replica-a would go back to it were it counted among the members with
-    replica-d: a joiner that counts the killed replica as live hands it that base."""
-    with_joiner = ("replica-b", "replica-c", JOINER)
-    everyone = (*FIRST, JOINER)
-    chosen: dict[str, list[str]] = {member: [] for member in FIRST}
-    moving: dict[str, int] = dict.fromkeys(FIRST, 0)
-    number = 0
-    while any(len(ids) < PER_REPLICA for ids in chosen.values()):
-        identity = f"{prefix}-b{number:03d}"
-        number += 1
-        first = intended_owner(identity, FIRST)
-        assert first is not None
-        to_joiner = intended_owner(identity, with_joiner) == JOINER
-        if len(chosen[first]) >= PER_REPLICA or (to_joiner and moving[first] >= 1):
-            continue
-        if to_joiner and first == "replica-a" and intended_owner(identity, everyone) != first:
-            continue
-        if not to_joiner and moving[first] == 0 and len(chosen[first]) == PER_REPLICA - 1:
-            continue  # keep the last place for one that moves to the joiner
-        chosen[first].append(identity)
-        moving[first] += to_joiner
-    return [identity for member in FIRST for identity in chosen[member]]
-
-
-@dataclass
-class Replica:
-    name: str
-    process: OperatorProcess
-    metrics_port: int
-    stopped: bool = False
-    killed: bool = False
-    log_mark: int = 0
-
-    def owned(self) -> int | None:
-        """Its module_controller_bases_owned, or None when it does not answer (stopped)."""
-        if self.stopped or self.killed:
-            return None
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return None
-        found = re.search(r"^module_controller_bases_owned (\S+)$", text, re.MULTILINE)
-        return None if found is None else int(float(found.group(1)))
-
-    def log_size(self) -> int:
-        return self.process.log.stat().st_size if self.process.log.exists() else 0
-
-    def log_since(self, offset: int) -> list[str]:
-        with self.process.log.open("rb") as log:
-            log.seek(offset)
-            return log.read().decode(errors="replace").splitlines()
-
-    def mark_log(self) -> None:
-        self.log_mark = self.log_size()
-
-    def acts_since_mark(self) -> list[str]:
-        return [line for line in self.log_since(self.log_mark) if ACTS.search(line)]
+OLD, NEW = "1.0.0", "2.0.0"  # the module's version released, and the one rolled out
+ROLLED = [f"installBiz biz1:{NEW}", f"uninstallBiz biz1:{OLD}"]  # what each base gets
 
 
 @dataclass
@@ -143,6 +97,10 @@ class Monitor:
     replicas: dict[str, Replica]
     nodes: list[str]
     steady: bool = False  # once the release is done: every node and pod stays Ready
+    replacing: str | None = None  # while a rolling update replaces this version's pods
+    ever_ready: set[str] = field(default_factory=set)  # the pods seen Ready
+    began: float = 0.0  # when the latest sample began (monotonic)
+    excused: int = 0  # samples where a rolling update excused what steady would not
     dead: set[str] = field(default_factory=set)  # killed, and its bases taken over
     phase: str = "start"
     # What must never happen -> (first seen, last seen, samples), in the order first seen.
@@ -167,6 +125,20 @@ class Monitor:
             for what, (first, last, count) in self.seen_wrong.items()
         ]
 
+    async def rolling(self, old: str) -> None:
+        """From the next sample on (a sample under way may read the pods the update
+        changes), the pods of version `old` are being replaced: see pod_problems."""
+        self.replacing = old
+        asked = time.monotonic()
+
+        async def next_sample() -> bool:
+            return self.began > asked
+
+        await wait_for(next_sample, timeout=10, what="a monitor sample", diagnose=self.describe)
+
+    async def describe(self) -> str:
+        return f"{self.samples} samples, errors {self.errors[-3:]}"
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -182,6 +154,8 @@ class Monitor:
             await asyncio.sleep(max(0.0, MONITOR_SECONDS - (time.monotonic() - started)))
 
     async def sample(self) -> None:
+        self.began = time.monotonic()
+        steady, replacing = self.steady, self.replacing  # the rules for what is read now
         coordination = client.CoordinationV1Api(self.api)
         core = client.CoreV1Api(self.api)
         selector = f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={self.env}"
@@ -207,7 +181,7 @@ class Monitor:
                 age = now - renewed.timestamp()
                 if age > self.oldest_renewal.get(self.phase, (0.0, ""))[0]:
                     self.oldest_renewal[self.phase] = (age, f"{name} (holder {holder or '-'})")
-        if self.steady:
+        if steady:
             seen = {node.metadata.name: node for node in nodes.items}
             for name in self.nodes:
                 node = seen.get(name)
@@ -217,15 +191,11 @@ class Monitor:
                     condition = ready_condition(node)
                     reason = condition.reason if condition is not None else "no condition"
                     self.violate(stamp, f"node {name} NotReady ({reason})")
-            for pod in pods.items:
-                if not is_ready(pod) or pod.metadata.deletion_timestamp is not None:
-                    self.violate(
-                        stamp,
-                        f"pod {pod.metadata.name} on {pod.spec.node_name} not Ready "
-                        f"(phase {pod.status.phase})",
-                    )
-            if len(pods.items) != BASES:
-                self.violate(stamp, f"{len(pods.items)} module pods, not {BASES}")
+            for problem in pod_problems(pods.items, BASES, replacing, self.ever_ready):
+                self.violate(stamp, problem)
+            if replacing is not None and pod_problems(pods.items, BASES, None, set()):
+                self.excused += 1
+        self.ever_ready.update(p.metadata.name for p in pods.items if is_ready(p))
         self.last = Sample(now, holders, dict(zip(self.replicas, owned, strict=True)))
         self.samples += 1
 
@@ -272,12 +242,17 @@ class Fleet:
     def live(self) -> list[str]:
         return [name for name, r in self.replicas.items() if not r.killed and not r.stopped]
 
-    async def holders(self) -> dict[str, str]:
+    async def leases(self) -> list[client.V1Lease]:
         selector = f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={self.env}"
-        leases = await self.coordination.list_namespaced_lease(
+        found = await self.coordination.list_namespaced_lease(
             LEASE_NAMESPACE, label_selector=selector
         )
-        return {lease.metadata.name: lease.spec.holder_identity or "" for lease in leases.items}
+        return list(found.items)
+
+    async def holders(self) -> dict[str, str]:
+        return {
+            lease.metadata.name: lease.spec.holder_identity or "" for lease in await self.leases()
+        }
 
     def expected(self, members: Iterable[str]) -> dict[str, str]:
         """node -> intended owner among `members`."""
@@ -370,15 +345,24 @@ class Fleet:
             replica.mark_log()
         self.monitor.steady = True
 
-    async def check_nothing_happened(self, step: str) -> None:
+    async def check_nothing_happened(self, step: str, update: Update | None = None) -> None:
         """The guarantees of every step: nothing re-sent, nothing NotReady, same objects,
-        no replica acting beyond reading. What goes wrong is kept for the end of the test
-        (each thing once), so the later steps still run and say what they see."""
+        no replica acting beyond reading; with an `update`, each base got just its commands,
+        the pods were replaced (the nodes were not), and each replica did the module work
+        of its own bases only. What goes wrong is kept for the end of the test (each thing
+        once), so the later steps still run and say what they see."""
         assert self.monitor is not None
         problems = []
-        sent = self.commands_since(self.since)
-        if sent:
-            problems.append(f"install/uninstall commands sent: {sent}")
+        if update is None:
+            sent = self.commands_since(self.since)
+            if sent:
+                problems.append(f"install/uninstall commands sent: {sent}")
+        else:
+            problems.extend(
+                f"{self.node_of(base)} got {got}, not {update.commands}"
+                for base in self.bases
+                if (got := module_commands(base, self.since)) != update.commands
+            )
         wrong = self.monitor.seen_wrong
         seen = [
             f"{what}: {wrong[what][2]} sample(s), {wrong[what][0]} to {wrong[what][1]}"
@@ -389,11 +373,18 @@ class Fleet:
         if seen:
             problems.append("the monitor saw:\n  " + "\n  ".join(seen[:20]))
         now = await self.uids()
-        if now != self.snapshot:
-            changed = sorted(set(now.items()) ^ set(self.snapshot.items()))
+        # An update replaces the pods, never the nodes.
+        kept = {k: v for k, v in now.items() if update is None or not k.startswith("pod ")}
+        before = {
+            k: v for k, v in self.snapshot.items() if update is None or not k.startswith("pod ")
+        }
+        if kept != before:
+            changed = sorted(set(kept.items()) ^ set(before.items()))
             problems.append(f"objects replaced or gone: {changed}")
         for name, replica in self.replicas.items():
             acts = replica.acts_since_mark()
+            if update is not None:
+                acts = not_its_own(acts, name, update.owners, update.pod_nodes)
             if acts:
                 problems.append(f"{name} acted: " + "\n  ".join(acts[:10]))
         if problems:
@@ -421,15 +412,16 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
     fleet = Fleet(k8s_api, run_operator, namespace, test_env)
     for name in FIRST:
         fleet.start_replica(name)
-    for identity in choose_identities(test_env):
+    for identity in choose_identities(test_env, FIRST, JOINER, PER_REPLICA):
         fleet.bases.append(await start_base(identity=identity))
     names = [fleet.node_of(base) for base in fleet.bases]
     monitor = Monitor(k8s_api, test_env, namespace, fleet.replicas, names)
     fleet.monitor = monitor
     monitor.start()
     apps = client.AppsV1Api(k8s_api)
+    history = PodHistory(k8s_api, namespace)  # of the rolling update
     try:
-        # --- three replicas share twelve bases, four each --------------------------------
+        # --- three replicas share the bases, PER_REPLICA each ----------------------------
         monitor.phase = "spread"
 
         async def nodes_ready() -> bool:
@@ -437,10 +429,10 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
             ready = [n for n in nodes.items if is_ready_and_untainted(n)]
             return len(ready) == BASES
 
-        await wait_for(nodes_ready, timeout=60, what="12 nodes Ready", diagnose=fleet.describe)
-        await fleet.owned_by_intended(FIRST, 30, "four bases held by each of three replicas")
+        await wait_for(nodes_ready, timeout=60, what="every node Ready", diagnose=fleet.describe)
+        await fleet.owned_by_intended(FIRST, 30, "the bases spread over three replicas")
         took("spread")
-        body = deployment(APP, test_env, BASES, [("biz1", "1.0.0")], spread=True)
+        body = deployment(APP, test_env, BASES, [("biz1", OLD)], spread=True)
         await apps.create_namespaced_deployment(namespace, manifest(body))
 
         def all_ready(pods: list[client.V1Pod]) -> bool:
@@ -448,7 +440,7 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
             return len(pods) == BASES and on == set(names)
 
         await wait_pods(
-            fleet.core, namespace, f"app={APP}", all_ready, "12 pods Ready", 90, fleet.describe
+            fleet.core, namespace, f"app={APP}", all_ready, "every pod Ready", 90, fleet.describe
         )
         for base in fleet.bases:
             installs = [c for c in base.received() if c.command in COMMAND_NAMES]
@@ -585,6 +577,83 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
         )
         await fleet.check_nothing_happened("after replica-c was restarted")
 
+        # --- kill -9 replica-b and at once roll the module Deployment to a new version ----
+        # Pods of its bases are bound and deleted while nobody acts for them; the new owners
+        # carry the update on from what the bases run: each base gets one install and one
+        # uninstall, and the old pod goes NotReady before the new one goes Ready.
+        monitor.phase = "roll"
+        victim = fleet.replicas["replica-b"]
+        survivors = ("replica-c", JOINER)
+        orphaned = {n for n, o in fleet.expected(after_four).items() if o == victim.name}
+        pods = await fleet.core.list_namespaced_pod(namespace, label_selector=f"app={APP}")
+        old_by_node = {p.spec.node_name: p.metadata.name for p in pods.items}
+        await history.start()
+        await monitor.rolling(OLD)
+        victim.killed = True
+        victim.process.kill()
+        killed_at = time.monotonic()
+        set_modules(body["spec"]["template"], [("biz1", NEW)])
+        await apps.replace_namespaced_deployment(APP, namespace, manifest(body))
+        still = {n for n, holder in (await fleet.holders()).items() if holder == victim.name}
+        fleet.expect(
+            still == orphaned,
+            f"the update went out after the takeover began: {sorted(orphaned - still)}",
+        )
+        await fleet.owned_by_intended(
+            survivors, TAKEOVER_SECONDS, "replica-b's bases held by c and d during the update"
+        )
+        claimed_at = {
+            lease.metadata.name: lease.spec.acquire_time.timestamp()
+            for lease in await fleet.leases()
+            if lease.metadata.name in orphaned
+        }
+        took(f"takeover during a rolling update ({time.monotonic() - killed_at:.1f}s)")
+        monitor.dead.add(victim.name)
+
+        def rolled_out(pods: list[client.V1Pod]) -> bool:
+            # As many pods as bases, and a Ready one of the new version on each base.
+            on = {p.spec.node_name for p in pods if version_of(p) == NEW and is_ready(p)}
+            return len(pods) == BASES and on == set(names)
+
+        new = await wait_pods(
+            fleet.core,
+            namespace,
+            f"app={APP}",
+            rolled_out,
+            f"{BASES} pods of {NEW} Ready, one per base",
+            120,
+            fleet.describe,
+        )
+        monitor.replacing = None  # from the next sample on, every pod stays Ready again
+        took("rolling update")
+
+        async def modules_rolled() -> bool:
+            return all(modules_of(base) == {f"biz1:{NEW}": "ACTIVATED"} for base in fleet.bases)
+
+        await wait_for(
+            modules_rolled,
+            timeout=20,
+            what=f"biz1:{NEW} alone on every base",
+            diagnose=fleet.describe,
+        )
+        await history.stop()
+        fleet.expect(monitor.excused > 0, "the monitor saw no pod of the update in flux")
+        late = late_handovers(history.events, old_by_node, new)
+        fleet.expect(not late, "a new pod Ready before the old one left:\n" + "\n".join(late))
+        # The step's premise: the update reached replica-b's bases before they were claimed.
+        early = {
+            e.pod.spec.node_name
+            for e in history.events
+            if e.pod.spec.node_name in claimed_at and e.at < claimed_at[e.pod.spec.node_name]
+        }
+        fleet.expect(bool(early), "no pod of replica-b's bases changed before their takeover")
+        timings.append(f"({len(early)} of replica-b's {len(orphaned)} bases changed before)")
+        pod_nodes = {e.pod.metadata.name: e.pod.spec.node_name for e in history.events}
+        await fleet.check_nothing_happened(
+            "after replica-b was killed during a rolling update",
+            Update(ROLLED, fleet.expected(survivors), pod_nodes),
+        )
+
         oldest = max(monitor.oldest_renewal.values())
         fleet.expect(
             oldest[0] < min(node_monitor_grace_period, 20),
@@ -600,6 +669,7 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
         assert not fleet.failures, "\n\n".join(fleet.failures)
     finally:
         await monitor.stop()
+        await history.stop()
         for replica in fleet.replicas.values():
             if replica.stopped and replica.process.alive:
                 os.kill(replica.process.pid, signal.SIGCONT)  # or it cannot stop
