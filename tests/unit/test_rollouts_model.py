@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,15 @@ def test_the_crd_schema_has_the_same_rules_and_the_columns_of_the_issue() -> Non
     assert columns == ["Deployment", "Step", "New", "Phase", "Message", "Age"]
     props = version["schema"]["openAPIV3Schema"]["properties"]
     replicas = props["spec"]["properties"]["steps"]["items"]["properties"]["replicas"]
-    assert "0% to 100%" in replicas["x-kubernetes-validations"][0]["message"]
+    rule = replicas["x-kubernetes-validations"][0]
+    assert "0% to 100%" in rule["message"]
+    # The rule lists the shares (a regular expression is refused before Kubernetes 1.36):
+    # the list is exactly what the operator accepts, no more, no less.
+    listed = set(re.findall(r"'([^']*)'", rule["rule"]))
+    assert listed == {f"{share}%" for share in range(101)}
+    for written in [*listed, "007%", "101%", "5", "%"]:
+        accepted = Rollout.from_body(body(spec(steps=[{"replicas": written}]))).spec is not None
+        assert accepted == (written in listed), written
     phases = props["status"]["properties"]["phase"]["enum"]
     assert phases == [phase.value for phase in Phase]
     assert version["subresources"] == {"status": {}}
