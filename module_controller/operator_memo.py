@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from module_controller.observability.api_probe import ApiProbe
     from module_controller.observability.server import HealthChecks, ObservabilityServer
+    from module_controller.rollouts.controller import RolloutController
     from module_controller.runtime import Runtime
 
 
@@ -31,6 +32,8 @@ class OperatorMemo:
     api: client.ApiClient | None = None
     runtime: Runtime | None = None
     api_probe: ApiProbe | None = None
+    # The ModuleRollout controller (handlers/rollouts.py), from start-up to clean-up.
+    rollouts: RolloutController | None = None
 
 
 def operator_memo(memo: Any) -> OperatorMemo:

@@ -27,14 +27,9 @@ from module_controller.rollouts.model import GROUP, PLURAL, VERSION
 from module_controller.shards.assignment import intended_owner
 from module_controller.shards.membership import Membership
 
-# The controller lives in the operator's memo, under this attribute (OperatorMemo has no
-# field of its own for it).
-_MEMO_ATTRIBUTE = "rollouts"
-
 
 def _controller(memo: Any) -> RolloutController | None:
-    found = vars(operator_memo(memo)).get(_MEMO_ATTRIBUTE)
-    return found if isinstance(found, RolloutController) else None
+    return operator_memo(memo).rollouts
 
 
 def owner_check(membership: Membership) -> Callable[[str], bool]:
@@ -62,7 +57,7 @@ def start_controller(ours: OperatorMemo) -> RolloutController | None:
         owns=owner_check(runtime.membership),
     )
     controller.start()
-    vars(ours)[_MEMO_ATTRIBUTE] = controller
+    ours.rollouts = controller
     return controller
 
 
@@ -73,8 +68,9 @@ async def start_rollouts(memo: Any, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_rollouts(memo: Any, **_: Any) -> None:
-    controller = vars(operator_memo(memo)).pop(_MEMO_ATTRIBUTE, None)
-    if isinstance(controller, RolloutController):
+    ours = operator_memo(memo)
+    controller, ours.rollouts = ours.rollouts, None
+    if controller is not None:
         await controller.stop()
 
 

@@ -272,12 +272,12 @@ async def test_the_handlers_feed_the_controller_made_at_start_up() -> None:
 
     api = FakeApi(FakeCluster())
     controller, _ = controller_on(api)
-    vars(memo)["rollouts"] = controller
+    memo.rollouts = controller
     api.add_rollout()
     await rollout_event(type=None, body=api.rollouts["biz1"], memo=memo)
     assert f"{NAMESPACE}/biz1" in controller.known
     await stop(memo=memo)
-    assert handlers._controller(memo) is None
+    assert handlers._controller(memo) is None and memo.rollouts is None
 
 
 class FakeMembership:
