@@ -5,6 +5,11 @@ has its modules back before the scheduler has even placed the replacement pods. 
 Deployment targets a base when its pod template is a module pod whose node selector and
 required node affinity would accept the base's node. `baseline_for` decides (pure);
 `BaselineAnswers` answers the queries the dispatcher hands it, off the dispatcher's path.
+
+A Deployment a ModuleRollout paces (rollouts/) counts with the template of its stable
+ReplicaSet while a release is in flight: its own template is already the new version, which
+must reach a base only through the rollout's steps (a canary pod on it), never because the
+base restarted. The rollout's canary ReplicaSets are not Deployments and count for nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +20,22 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller import naming
 from module_controller.modules.spec import pod_modules
 from module_controller.protocol import BaseStatus, BizModel
+from module_controller.rollouts.decide import find_stable
+from module_controller.rollouts.model import ROLLOUT_LABEL
+from module_controller.rollouts.world import (
+    Obj,
+    controller_uid,
+    replicas_of,
+    same_template,
+    template_of,
+    uid_of,
+    without_hash,
+)
 from module_controller.settings import Settings
 from module_controller.tasks import BackgroundTasks, cancel_and_wait
 from module_controller.tunnels.events import BaselineQuery
@@ -32,16 +49,82 @@ CONCURRENT_ANSWERS = 8
 
 SendBaseline = Callable[[str, list[BizModel]], Awaitable[None]]
 ListDeployments = Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]]
+# The ReplicaSets of one namespace.
+ListReplicaSets = Callable[[str], Coroutine[Any, Any, list[dict[str, Any]]]]
 
 
 def deployment_lister(api: client.ApiClient) -> ListDeployments:
-    """Every Deployment of the cluster, as plain dicts."""
+    """Every Deployment of the cluster, as plain dicts, as the baseline counts them
+    (`baseline_lister`)."""
+    apps = client.AppsV1Api(api)
 
     async def list_deployments() -> list[dict[str, Any]]:
-        deployments = await client.AppsV1Api(api).list_deployment_for_all_namespaces()
+        deployments = await apps.list_deployment_for_all_namespaces()
         return [api.sanitize_for_serialization(d) for d in deployments.items]
 
-    return list_deployments
+    async def list_replica_sets(namespace: str) -> list[dict[str, Any]]:
+        replica_sets = await apps.list_namespaced_replica_set(namespace)
+        return [api.sanitize_for_serialization(r) for r in replica_sets.items]
+
+    return baseline_lister(list_deployments, list_replica_sets)
+
+
+def baseline_lister(
+    list_deployments: ListDeployments, list_replica_sets: ListReplicaSets
+) -> ListDeployments:
+    """Every Deployment, a paced one with its stable template (`paced_as_stable`); the
+    ReplicaSets are listed only in the namespaces of paced Deployments."""
+
+    async def listed() -> list[dict[str, Any]]:
+        deployments = await list_deployments()
+        namespaces = sorted({_namespace(d) for d in deployments if _paced(d)})
+        replica_sets: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            try:
+                replica_sets += await list_replica_sets(namespace)
+            except ApiException as error:
+                # Without them the Deployment's own template is used, as before rollouts:
+                # a baseline a little ahead of the rollout beats no baseline at all.
+                log.warning(
+                    "Baseline: the ReplicaSets of namespace %s could not be listed (%s %s): "
+                    "its paced Deployments count with their new template.",
+                    namespace,
+                    error.status,
+                    error.reason,
+                )
+        return paced_as_stable(deployments, replica_sets)
+
+    return listed
+
+
+def _namespace(deployment: dict[str, Any]) -> str:
+    return str((deployment.get("metadata") or {}).get("namespace") or "")
+
+
+def _paced(deployment: dict[str, Any]) -> bool:
+    return ROLLOUT_LABEL in ((deployment.get("metadata") or {}).get("labels") or {})
+
+
+def paced_as_stable(
+    deployments: list[dict[str, Any]], replica_sets: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The Deployments, each one a ModuleRollout paces in the middle of a release with the
+    template of its stable ReplicaSet (the one the rollout keeps serving, found as the
+    rollout controller finds it) instead of its own, which is the new version's. With no
+    release in flight (none, or one handed over or rolled back) the two are the same."""
+    shown: list[dict[str, Any]] = []
+    for deployment in deployments:
+        if _paced(deployment):
+            uid = uid_of(deployment)
+            owned: list[Obj] = [rs for rs in replica_sets if controller_uid(rs) == uid]
+            template = template_of(deployment)
+            stable = find_stable(owned, template, replicas_of(deployment), None)
+            if stable is not None and not same_template(template_of(stable), template):
+                spec = {**(deployment.get("spec") or {})}
+                spec["template"] = without_hash(template_of(stable))
+                deployment = {**deployment, "spec": spec}
+        shown.append(deployment)
+    return shown
 
 
 def _expression_matches(expression: dict[str, Any], labels: dict[str, str]) -> bool:
