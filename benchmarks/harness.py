@@ -4,27 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import watch
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
-from module_controller.testbed import testbed
-from module_controller.testbed.operator_process import OperatorProcess, operator_environment
+from module_controller.testbed import process, testbed
+from module_controller.testbed.operator_process import (
+    COMMAND,
+    OperatorProcess,
+    operator_environment,
+)
 
 # The benchmarks' operator serves up to 1,000 bases: more time to shut down than the demo's.
 OPERATOR_STOP_GRACE_SECONDS = 30.0
 
 
+class ProfiledOperator(OperatorProcess):
+    """The operator under cProfile, which writes `output` when the operator exits: on a
+    SIGTERM (`stop`), not on a kill -9."""
+
+    def __init__(self, environment: Mapping[str, str], log: Path, output: Path) -> None:
+        super().__init__(environment, log)
+        self.output = output
+
+    def start(self) -> None:
+        interpreter, _, *module_and_arguments = COMMAND
+        argv = (interpreter, "-m", "cProfile", "-o", str(self.output), "-m", *module_and_arguments)
+        self.child, self.record = process.start(
+            "operator", argv, self.log, self.environment, own_session=self.own_session
+        )
+
+
 def start_operator(
-    state: testbed.TestbedState, env: str, log: Path, **settings: str
+    state: testbed.TestbedState,
+    env: str,
+    log: Path,
+    *,
+    profile: Path | None = None,
+    **settings: str,
 ) -> OperatorProcess:
-    """`module-controller run` against the testbed's cluster and broker, logging to `log`.
+    """`module-controller run` against the testbed's cluster and broker, logging to `log`;
+    under cProfile when `profile` names the file for its statistics.
 
     Stop it with `stop(OPERATOR_STOP_GRACE_SECONDS)`."""
     assert state.kubeconfig is not None and state.broker is not None
-    operator = OperatorProcess(
-        operator_environment(state.kubeconfig, env, state.broker, settings), log
+    environment = operator_environment(state.kubeconfig, env, state.broker, settings)
+    operator = (
+        OperatorProcess(environment, log)
+        if profile is None
+        else ProfiledOperator(environment, log, profile)
     )
     operator.start()
     return operator
@@ -54,3 +88,32 @@ async def wait(condition: Callable[[], Awaitable[object]], timeout: float, what:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} after {timeout:.0f}s")
         await asyncio.sleep(0.5)
+
+
+async def list_and_watch(
+    listing: Callable[..., Awaitable[Any]], see: Callable[[str, Any], None], **selection: Any
+) -> None:
+    """Feed `see(event type, object)` with what `listing(**selection)` lists ("ADDED"), then
+    with its watch from there, for ever. A watch that times out goes on from the last
+    version seen; one whose version is gone (410) lists again, so nothing is missed."""
+    while True:
+        try:
+            listed = await listing(**selection)
+            for item in listed.items:
+                see("ADDED", item)
+            version = listed.metadata.resource_version
+            while True:
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        listing, resource_version=version, timeout_seconds=120, **selection
+                    ):
+                        see(event["type"], event["object"])
+                        version = event["object"].metadata.resource_version
+        except ApiException as error:
+            if error.status != 410:
+                print(f"watch: {error.status} {error.reason}; listing again", flush=True)
+                await asyncio.sleep(1)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            # An API server slow under load: a watch that died would skew what it measures.
+            print(f"watch: {error!r}; listing again", flush=True)
+            await asyncio.sleep(1)

@@ -32,11 +32,20 @@ class ProcessRecord(BaseModel):
     log: str
 
 
+# Ports handed out by free_port in this process: the kernel may offer a port again until
+# the process it was meant for has bound it (two operators once got the same health port).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now on `host` ("" for every interface), never one handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _start_ticks(pid: int, *, zombie_too: bool = False) -> int | None:

@@ -7,7 +7,6 @@ tests sharing the cluster and broker never see each other's bases or nodes.
 from __future__ import annotations
 
 import itertools
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.simulator.base import SimulatedBase
 from module_controller.simulator.config import BaseConfig, MqttSettings
+from module_controller.testbed import process
 from module_controller.testbed.mosquitto import BrokerInfo
 from module_controller.testbed.operator_process import (
     OperatorProcess,
@@ -67,10 +67,7 @@ class BaseFactory(Protocol):
 
 def free_port() -> int:
     """A port free now on all interfaces (the HTTP tunnel listens on all of them)."""
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return process.free_port("")
 
 
 @dataclass

@@ -77,3 +77,25 @@ def test_readiness_probe_errors_count_as_not_ready_yet(tmp_path: Path) -> None:
         assert len(attempts) == 3
     finally:
         process.stop(record)
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may offer a port again before its first taker bound it."""
+    first = process.free_port()
+    offers = iter([first, first, first + 1])
+
+    class Offering:
+        def __enter__(self) -> Offering:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", next(offers))
+
+    monkeypatch.setattr("module_controller.testbed.process.socket.socket", Offering)
+    assert process.free_port() == first + 1
