@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 BASELINE_TIMEOUT_SECONDS = 10.0
 # A body that trickles in must not hold a connection (and a handler) for ever.
 BODY_TIMEOUT_SECONDS = 5.0
+LINGER_SECONDS = 1.0
 
 Deliver = Callable[[TunnelEvent], Awaitable[None]]
 AnswerBaseline = Callable[[BaselineQuery], Awaitable[list[BizModel]]]
@@ -62,7 +63,11 @@ class HttpTunnelServer:
         app = web.Application(client_max_size=self.settings.max_message_bytes)
         app.router.add_route("*", HEARTBEAT_PATH, self._heartbeat)
         app.router.add_route("*", QUERY_BASELINE_PATH, self._query_baseline)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # After a refusal with the body unread, aiohttp would go on reading what the client
+        # sends for 10 s (lingering): a trickling client keeps its handler that long.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, lingering_time=LINGER_SECONDS
+        )
         await self._runner.setup()
         port = self.settings.http_tunnel_listen_port
         if port:

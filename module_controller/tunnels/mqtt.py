@@ -137,6 +137,9 @@ class MqttTunnel:
         # When a message last came through the broker (any topic, our probe included).
         self.last_delivery = time.monotonic()
         self.probe_topic = probe_topic(settings)
+        # How long aiomqtt waits for the broker's answer to a connect (and a subscribe): a
+        # broker that drops a refused TLS session silently costs this much per attempt.
+        self.answer_timeout = 10.0
         # Whether our probe came back on this connection: a broker whose ACL denies the
         # probe topic still delivers the bases' messages, which then are the only proof.
         self.probe_returned = False
@@ -171,7 +174,7 @@ class MqttTunnel:
             identifier=self.client_id,
             clean_session=True,
             keepalive=self.settings.mqtt_keepalive_seconds,
-            timeout=10,
+            timeout=self.answer_timeout,
             tls_context=self._tls,
             queue_type=_bounded_client_queue(discarded),
             max_queued_incoming_messages=self.settings.event_queue_size,
