@@ -9,7 +9,10 @@ Deployments, hence the list.
 
 That list also gives Deployments back: one labelled with a rollout that no longer exists
 (deleted while the operator ran or not) is resumed and unlabelled. The rollout's canary
-ReplicaSets go with it by themselves (it is their owner).
+ReplicaSets go with it by themselves (it is their owner). So is one labelled with a rollout
+that now names another Deployment (the CRD refuses a changed workloadRef, but an object
+stored before that rule, or written past it, may have one): the rollout's decisions only
+see its new target, so its canaries of this one are deleted here first.
 
 With several operator replicas each rollout is worked on by one of them (`owns`, from the
 replicas' membership: shards/); the others keep it in mind and take it up when it moves to
@@ -30,7 +33,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from module_controller.k8s_events import EventType, ObjectRef
-from module_controller.rollouts.decide import World, decide, detach
+from module_controller.rollouts.decide import World, decide, detach, stray_canaries
 from module_controller.rollouts.executor import RolloutApi
 from module_controller.rollouts.model import (
     API_VERSION,
@@ -65,6 +68,7 @@ class Known:
     namespace: str
     selector: Mapping[str, Any] | None = None  # its Deployment's pod selector
     deployment_version: str | None = None  # the Deployment's resourceVersion last seen
+    target: str | None = None  # its workloadRef's name at the last look (None: invalid spec)
     phase: str | None = None
 
 
@@ -192,7 +196,7 @@ class RolloutController:
 
     async def poll_deployments(self) -> None:
         """Wake the rollouts whose Deployment changed; give back the Deployments whose
-        rollout is gone."""
+        rollout is gone or paces another Deployment now."""
         for deployment in await self.api.list_attached_deployments():
             namespace = str(metadata(deployment).get("namespace") or "")
             rollout = str(labels_of(deployment).get(ROLLOUT_LABEL) or "")
@@ -200,25 +204,53 @@ class RolloutController:
             if not self._owns(key):
                 continue  # another replica's
             known = self.known.get(key)
-            if known is not None:
+            if known is not None and known.target in (None, name_of(deployment)):
                 version = str(metadata(deployment).get("resourceVersion") or "")
                 if version != known.deployment_version:
                     self._queue.add(key)
                 continue
-            if await self.api.read_rollout(namespace, rollout) is not None:
-                self.known.setdefault(key, Known(namespace))
-                self._queue.add(key)  # its event has not come yet
+            # Unknown, or it named another Deployment at its last look: read again, since
+            # it may have been set back meanwhile.
+            body = await self.api.read_rollout(namespace, rollout)
+            if body is None:
+                await self._give_back(namespace, deployment, rollout)
                 continue
-            await self._give_back(namespace, deployment, rollout)
+            found = Rollout.from_body(body)
+            target = found.spec.workload_ref.name if found.spec is not None else None
+            if target is not None and target != name_of(deployment):
+                await self._give_back(namespace, deployment, rollout, found.uid, target)
+                continue
+            self.known.setdefault(key, Known(namespace))
+            self._queue.add(key)  # its event has not come yet, or its last look is stale
 
-    async def _give_back(self, namespace: str, deployment: Mapping[str, Any], rollout: str) -> None:
+    async def _give_back(
+        self,
+        namespace: str,
+        deployment: Mapping[str, Any],
+        rollout: str,
+        rollout_uid: str = "",
+        target: str = "",
+    ) -> None:
+        """Resume and unlabel a Deployment whose rollout is gone, or names another
+        Deployment now (`target`)."""
         action = detach(deployment)
         if action is None or metadata(deployment).get("deletionTimestamp"):
             return  # not ours, or going anyway (its namespace is being deleted)
         name = name_of(deployment)
+        if target:
+            # Before the resume: a canary left running would serve next to the pods of
+            # the release the Deployment controller then makes; if a deletion fails, the
+            # Deployment stays paced and the next poll tries again.
+            found = await self.api.list_replica_sets(namespace, f"{ROLLOUT_LABEL}={rollout}")
+            for stray in stray_canaries(deployment, rollout_uid, found):
+                log.info("ModuleRollout %s/%s: %s.", namespace, rollout, _describe(stray))
+                await self.api.carry_out(namespace, rollout, name, stray)
         await self.api.patch_deployment(namespace, name, action.patch)
         paused = "stays paused" if "spec" not in action.patch else "is resumed"
-        message = f"ModuleRollout {rollout} is gone: the Deployment {paused}"
+        if target:
+            message = f"ModuleRollout {rollout} now paces Deployment {target}: this one {paused}"
+        else:
+            message = f"ModuleRollout {rollout} is gone: the Deployment {paused}"
         log.info("Deployment %s/%s: %s.", namespace, name, message)
         # Listed items carry no kind: say it.
         involved = ObjectRef.from_manifest(
@@ -261,6 +293,7 @@ class RolloutController:
             self._say(involved, event.type, event.reason, event.message)
         known = self.known.setdefault(key, Known(namespace))
         known.phase = decision.status.phase.value if decision.status.phase else None
+        known.target = target or None
         if deployment is not None:
             known.selector = spec_of(deployment).get("selector") or None
             known.deployment_version = str(metadata(deployment).get("resourceVersion") or "")

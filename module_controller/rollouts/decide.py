@@ -3,7 +3,7 @@
 `decide` is level-based: it reads the world as it is (after an operator restart too) and
 returns the writes that move it one stretch further, the status to show and the Events
 to record. The status it is given only carries what the world cannot tell: which step was
-approved or paused since when, and which pods failed.
+approved or paused since when, which pods failed, and when a pod's base came back.
 
 The Deployment side (this file): attaching (the Deployment is paused and labelled, once its
 own rollout, if any, is over), which ReplicaSet is the stable one, and what happens when
@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from module_controller.rollouts import release
-from module_controller.rollouts.actions import Action, Decision, PatchDeployment, ScaleReplicaSet
+from module_controller.rollouts.actions import (
+    Action,
+    Decision,
+    DeleteReplicaSet,
+    PatchDeployment,
+    ScaleReplicaSet,
+)
 from module_controller.rollouts.model import (
     PAUSED_BEFORE_ANNOTATION,
     ROLLOUT_LABEL,
@@ -47,6 +53,7 @@ from module_controller.rollouts.world import (
     replicas_of,
     revision_of,
     same_template,
+    selector_matches,
     spec_of,
     template_hash,
     template_of,
@@ -123,6 +130,13 @@ def decide(rollout: Rollout, world: World, now: float) -> Decision:
             decision.requeue(BUSY_REQUEUE_SECONDS)
             return decision
         decision.act(attach(deployment, rollout.name))
+        # Attached now (the first time, or a Deployment deleted and made again, or given to
+        # its own controller by a `kubectl replace`): what the status remembers of a release
+        # was on another object, and nothing of it was rolled back or is still paced.
+        status.release = status.stable = status.step_ready_at = None
+        status.failures, status.base_waits, status.current_step = [], [], 0
+        if status.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+            status.phase = None
         decision.say(
             "Normal",
             "Attached",
@@ -205,6 +219,22 @@ def detach(deployment: Obj) -> PatchDeployment | None:
     return PatchDeployment(patch, "its ModuleRollout is gone")
 
 
+def stray_canaries(
+    deployment: Obj, rollout_uid: str, replica_sets: Sequence[Obj]
+) -> list[DeleteReplicaSet]:
+    """The deletion of a rollout's canaries of `deployment`, which it no longer paces (its
+    workloadRef was changed): the rollout's decisions only see its current target's."""
+    selector = spec_of(deployment).get("selector") or {}
+    return [
+        DeleteReplicaSet(name_of(replica_set), "its ModuleRollout paces another Deployment")
+        for replica_set in replica_sets
+        if rollout_uid
+        and controller_uid(replica_set) == rollout_uid
+        and selector
+        and selector_matches(selector, labels_of(template_of(replica_set)))
+    ]
+
+
 def find_stable(
     owned: list[Obj], template: Mapping[str, Any], total: int, recorded: str | None
 ) -> Obj | None:
@@ -264,11 +294,23 @@ def settled(scene: Scene, decision: Decision) -> None:
     status.stable = hash_label_of(stable)
     status.new_ready = ready
     status.pods = f"{ready}/{scene.total}"
-    status.failures = [] if previous != Phase.ROLLED_BACK else status.failures
+    # A release whose status recorded more failures than its budget, with rollback: the
+    # look that rolled it back had its status write lost. It was ours, not the user's.
+    ours = (
+        abandoned
+        and scene.spec.rollback_on_failure
+        and len(status.failures) > scene.spec.failure_budget
+    )
+    status.failures = [] if previous != Phase.ROLLED_BACK and not ours else status.failures
+    status.base_waits = []
     status.step_ready_at = None
     revision = revision_of(stable)
     if previous == Phase.ROLLED_BACK or abandoned:
-        if abandoned:
+        if ours:
+            cause = release.failure_cause(scene, status)
+            status.message = f"{cause}; rolled back to revision {revision}"
+            decision.say("Warning", "RolledBack", status.message)
+        elif abandoned:
             decision.say(
                 "Warning",
                 "RolledBack",

@@ -107,6 +107,15 @@ class Failure(_Model):
     message: str = ""
 
 
+class BaseWait(_Model):
+    """A new pod of the step seen waiting for its base, and when it was first seen back
+    (not Ready for another reason). Its Ready timeout counts from then: the pod's own
+    conditions cannot tell, its Ready condition has been False since the base went."""
+
+    pod: str
+    back_at: str | None = Field(default=None, alias="backAt")
+
+
 class RolloutStatus(_Model):
     phase: Phase | None = None
     message: str = ""
@@ -126,6 +135,8 @@ class RolloutStatus(_Model):
     step_ready_at: str | None = Field(default=None, alias="stepReadyAt")
     # New-version pods that failed in the current step, oldest first.
     failures: list[Failure] = Field(default_factory=list)
+    # New pods of the current step whose base went away (see BaseWait).
+    base_waits: list[BaseWait] = Field(default_factory=list, alias="baseWaits")
 
     def as_patch(self) -> dict[str, Any]:
         """The whole status for a merge patch: a field now None is removed (null)."""

@@ -12,7 +12,15 @@ then scales the old ReplicaSet to 0 itself.
 A new pod failing (InstallFailed, a BROKEN module, a wrong version, ...) or not Ready within
 readyTimeoutSeconds counts against the step's failureBudget and is replaced while the
 budget lasts; past it the release stops, and with rollbackOnFailure the Deployment's
-template is put back and the canary deleted.
+template is put back and the canary deleted. The timeout counts from when the pod last went
+NotReady (its creation, for one never Ready) or when its base came back: a pod waiting for
+its base (BaseNotReady, BaseGone) is not failing, its base is the node lifecycle's business.
+
+A failure is counted before anything is done about it: the pod that shows it is deleted,
+or the release rolled back, only by a look whose rollout status (as read) already records
+it. The status is written after the actions; were a failed pod deleted in the look that
+first counts it and that write lost (an API error, the operator stopping), the next look
+would find no trace of the failure and the budget would be overrun.
 """
 
 from __future__ import annotations
@@ -38,26 +46,30 @@ from module_controller.rollouts.model import (
     KIND,
     MAX_REPLICAS_ANNOTATION,
     ROLLOUT_LABEL,
+    BaseWait,
     Failure,
     Phase,
+    RolloutStatus,
 )
 from module_controller.rollouts.steps import PlannedStep, max_surge, step_label, step_of
 from module_controller.rollouts.world import (
     Obj,
-    created_at,
     failure_of,
     format_time,
     hash_label_of,
     is_deleting,
     is_ready,
     name_of,
+    not_ready_since,
     parse_time,
+    ready_condition,
     replicas_of,
     revision_of,
     same_template,
     spec_of,
     template_of,
     uid_of,
+    waiting_on_base,
     without_hash,
 )
 
@@ -143,6 +155,7 @@ def _start(scene: Scene, decision: Decision, canary: Obj | None) -> None:
     status = decision.status
     status.release = scene.release
     status.failures = []
+    status.base_waits = []
     status.step_ready_at = None
     status.current_step = 0 if canary is None else step_of(replicas_of(canary), scene.planned)
     if scene.spec.approved_step != 0:
@@ -178,6 +191,8 @@ def _work_on(scene: Scene, decision: Decision, canary: Obj | None, step: Planned
         return False
     done = canary is not None and replicas_of(canary) == step.size and len(ready) >= step.size
     if not done:
+        # The grace time is for the step's pods all Ready: it starts again once they are.
+        status.step_ready_at = None
         waiting = f"{len(ready)}/{step.size} new pods Ready"
         if status.failures:
             waiting += f", {len(status.failures)} failed (budget {scene.spec.failure_budget})"
@@ -187,25 +202,21 @@ def _work_on(scene: Scene, decision: Decision, canary: Obj | None, step: Planned
 
 
 def _count_failures(scene: Scene, decision: Decision, pods: list[Obj]) -> bool:
-    """Record the step's new failures and replace the failed pods; False once the step
-    has more failures than its budget."""
+    """Record the step's new failures and replace the failed pods already recorded; False
+    once the step has more failures than its budget."""
     status = decision.status
     budget = scene.spec.failure_budget
-    timeout = scene.spec.ready_timeout_seconds
     known = {failure.pod for failure in status.failures}
+    recorded = recorded_failures(scene.rollout.status, status)
+    back = {wait.pod: wait.back_at for wait in status.base_waits}
+    status.base_waits = []
     for pod in pods:
         if is_ready(pod):
             continue
-        failed = failure_of(pod)
-        created = created_at(pod)
-        if failed is None and created is not None:
-            if scene.now - created >= timeout:
-                failed = (NOT_READY_IN_TIME, f"not Ready {timeout}s after it was created")
-            else:
-                decision.requeue(created + timeout - scene.now)
+        name = name_of(pod)
+        failed = failure_of(pod) or _not_ready_in_time(scene, decision, pod, back)
         if failed is None:
             continue
-        name = name_of(pod)
         if name not in known:
             status.failures.append(Failure(pod=name, reason=failed[0], message=failed[1]))
             known.add(name)
@@ -215,21 +226,71 @@ def _count_failures(scene: Scene, decision: Decision, pods: list[Obj]) -> bool:
                 f"new pod {name} failed ({len(status.failures)} of budget {budget}): "
                 f"{failed[0]}: {failed[1]}",
             )
-        if len(status.failures) <= budget:
+        if len(status.failures) > budget:
+            continue
+        if name in recorded:
             decision.act(DeletePod(name, "failed, within the failure budget: another try"))
+        else:
+            decision.requeue(0)  # deleted by the look after this one's status is written
     return len(status.failures) <= budget
+
+
+def _not_ready_in_time(
+    scene: Scene, decision: Decision, pod: Obj, back: dict[str, str | None]
+) -> tuple[str, str] | None:
+    """(NotReadyInTime, why) for a pod not Ready within the timeout; None while it waits
+    for its base, or still has time (a look is asked for when that time is up)."""
+    status = decision.status
+    name = name_of(pod)
+    if waiting_on_base(pod):
+        status.base_waits.append(BaseWait(pod=name))
+        return None  # its pod event, when the base is back, brings the next look
+    since = not_ready_since(pod)
+    if name in back:
+        back_at = back[name] or format_time(scene.now)
+        status.base_waits.append(BaseWait(pod=name, backAt=back_at))
+        since = max(since or 0.0, parse_time(back_at) or 0.0)
+    if since is None:
+        return None
+    timeout = scene.spec.ready_timeout_seconds
+    if scene.now - since < timeout:
+        decision.requeue(since + timeout - scene.now)
+        return None
+    condition = ready_condition(pod)
+    said = ": ".join(str(condition.get(k)) for k in ("reason", "message") if condition.get(k))
+    return NOT_READY_IN_TIME, f"not Ready for {timeout}s, since {format_time(since)}" + (
+        f" ({said})" if said else ""
+    )
+
+
+def recorded_failures(written: RolloutStatus, status: RolloutStatus) -> set[str]:
+    """The failed pods of the current release and step that the rollout's status, as read
+    at the start of the look, already records."""
+    if written.release != status.release or written.current_step != status.current_step:
+        return set()
+    return {failure.pod for failure in written.failures}
+
+
+def failure_cause(scene: Scene, status: RolloutStatus) -> str:
+    step = step_label(status.current_step, scene.planned)
+    first = status.failures[0]
+    return (
+        f"step {step}: {len(status.failures)} new pods failed (budget "
+        f"{scene.spec.failure_budget}), first {first.pod}: {first.reason}: {first.message}"
+    )
 
 
 def _stop(scene: Scene, decision: Decision, canary: Obj | None) -> None:
     status = decision.status
-    step = step_label(status.current_step, scene.planned)
-    first = status.failures[0]
-    cause = (
-        f"step {step}: {len(status.failures)} new pods failed (budget "
-        f"{scene.spec.failure_budget}), first {first.pod}: {first.reason}: {first.message}"
-    )
+    cause = failure_cause(scene, status)
     revision = revision_of(scene.stable)
     if scene.spec.rollback_on_failure:
+        if len(recorded_failures(scene.rollout.status, status)) <= scene.spec.failure_budget:
+            # The rollback deletes the pods that show the failures: record them first.
+            status.phase = Phase.PROGRESSING
+            status.message = f"{cause}; rolling back to revision {revision}"
+            decision.requeue(0)
+            return
         decision.act(
             ReplaceDeploymentTemplate(
                 without_hash(template_of(scene.stable)), scene.template, "rollback"

@@ -36,6 +36,10 @@ FAILURE_REASONS = frozenset(
         reasons.WEB_CONTEXT_IN_USE,
     }
 )
+# What it says when its base is away (silent, or deleted): no fault of the module, and the
+# node lifecycle's business (it evicts the pods of a base that stays away, and the
+# ReplicaSet makes new ones), so these never count against the failure budget.
+BASE_REASONS = frozenset({reasons.BASE_DOWN, reasons.BASE_GONE})
 
 
 def metadata(obj: Obj) -> Mapping[str, Any]:
@@ -157,6 +161,21 @@ def failure_of(pod: Obj) -> tuple[str, str] | None:
     if condition.get("status") != "True" and reason in FAILURE_REASONS:
         return reason, str(condition.get("message") or "")
     return None
+
+
+def waiting_on_base(pod: Obj) -> bool:
+    condition = ready_condition(pod)
+    return condition.get("status") != "True" and condition.get("reason") in BASE_REASONS
+
+
+def not_ready_since(pod: Obj) -> float | None:
+    """When the pod last went NotReady: its Ready condition's lastTransitionTime, or its
+    creation when that is later or missing (a pod never Ready has been NotReady since)."""
+    created = created_at(pod)
+    went = parse_time(ready_condition(pod).get("lastTransitionTime"))
+    if went is None or (created is not None and went < created):
+        return created
+    return went
 
 
 def created_at(obj: Obj) -> float | None:

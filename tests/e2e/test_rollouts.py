@@ -279,6 +279,42 @@ spec:
 
 
 @pytest.mark.usefixtures("rollout_crd")
+async def test_a_rollouts_workload_ref_cannot_be_changed(
+    kubectl: list[str], namespace: str
+) -> None:
+    """Retargeted, a rollout would leave its first Deployment paused for good."""
+    made = f"""
+apiVersion: {GROUP}/{VERSION}
+kind: ModuleRollout
+metadata: {{name: fixed, namespace: {namespace}}}
+spec:
+  workloadRef: {{name: biz1}}
+  steps: [{{replicas: "100%"}}]
+"""
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=made, text=True, check=True)
+    done = subprocess.run(
+        [
+            *kubectl,
+            "patch",
+            "modulerollout",
+            "fixed",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"workloadRef":{"name":"biz2"}}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert (
+        "workloadRef cannot be changed; delete the ModuleRollout and create another" in done.stderr
+    ), done.stderr
+
+
+@pytest.mark.usefixtures("rollout_crd")
 async def test_putting_the_template_back_after_a_ready_beta_restores_every_base(
     open_scene: SceneFactory, test_env: str
 ) -> None:

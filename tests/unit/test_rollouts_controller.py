@@ -16,7 +16,7 @@ from module_controller.operator_memo import OperatorMemo
 from module_controller.rollouts.actions import Action
 from module_controller.rollouts.controller import RolloutController
 from module_controller.rollouts.model import ROLLOUT_LABEL, Phase, Rollout
-from module_controller.rollouts.world import parse_time
+from module_controller.rollouts.world import labels_of, parse_time, selector_matches
 from tests.unit.test_rollouts_fake import NAMESPACE, FakeCluster, merge
 from tests.unit.test_rollouts_release import ISSUE_STEPS
 from tests.waiting import wait_for
@@ -53,8 +53,20 @@ class FakeApi:
     async def world_of(
         self, namespace: str, rollout: str, deployment: Any
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """As RolloutApi lists them: by the Deployment's selector, or by the rollout's label."""
+        if deployment is None:
+            return await self.list_replica_sets(namespace, f"{ROLLOUT_LABEL}={rollout}"), []
+        selector = deployment["spec"]["selector"]
         _, replica_sets, pods = self.cluster.world()
-        return replica_sets, pods
+        return (
+            [rs for rs in replica_sets if selector_matches(selector, labels_of(rs))],
+            [p for p in pods if selector_matches(selector, labels_of(p))],
+        )
+
+    async def list_replica_sets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        key, value = selector.split("=")  # the one form the controller asks for
+        _, replica_sets, _ = self.cluster.world()
+        return [rs for rs in replica_sets if labels_of(rs).get(key) == value]
 
     async def list_attached_deployments(self) -> list[dict[str, Any]]:
         d = self.cluster.deployment
@@ -322,3 +334,102 @@ async def test_another_replicas_rollout_is_not_looked_at_until_it_moves_here() -
         await until(lambda: phase(api) == Phase.SUCCEEDED, "taken up at the next poll")
     finally:
         await controller.stop()
+
+
+def retarget(api: FakeApi, to: str, deployment: dict[str, Any] | None = None) -> None:
+    """spec.workloadRef edited to `to` (the CRD refuses that now; an object stored before
+    the rule may still have it), which is `deployment` (None: no such Deployment)."""
+    original_read = api.read_deployment
+
+    async def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+        if name == to:
+            return copy.deepcopy(deployment)
+        return await original_read(namespace, name)
+
+    api.read_deployment = read_deployment  # type: ignore[method-assign]
+    body = api.rollouts["biz1"]
+    body["spec"]["workloadRef"] = {"name": to}
+    body["metadata"]["generation"] += 1
+
+
+async def test_a_deployment_its_rollout_no_longer_names_is_given_back() -> None:
+    cluster = FakeCluster()
+    api = FakeApi(cluster)
+    api.add_rollout()
+    controller, recorded = controller_on(api)
+    key = f"{NAMESPACE}/biz1"
+    await controller.reconcile(key)
+    assert cluster.d["metadata"]["labels"].get(ROLLOUT_LABEL) == "biz1"
+    retarget(api, "biz1-next")
+    for _ in range(2):
+        await controller.poll_deployments()
+        await controller.reconcile(key)
+        cluster.tick()
+    assert ROLLOUT_LABEL not in cluster.d["metadata"]["labels"], "still labelled as paced"
+    assert cluster.d["spec"]["paused"] is False, "still paused: no release of biz1 goes out"
+    assert recorded.events[-1][2:] == (
+        "RolloutDetached",
+        "ModuleRollout biz1 now paces Deployment biz1-next: this one is resumed",
+    )
+    assert phase(api) == Phase.FAILED  # biz1-next does not exist
+    await controller.stop()
+
+
+async def test_a_retargeted_rollouts_canary_goes_before_its_first_deployment_is_resumed() -> None:
+    """The rollout's looks list by its new target's selector and never see the canary of
+    the first Deployment: the poll deletes it, then resumes the Deployment."""
+    cluster = FakeCluster()
+    api = FakeApi(cluster)
+    api.add_rollout()
+    controller, recorded = controller_on(api)
+    key = f"{NAMESPACE}/biz1"
+    await controller.reconcile(key)
+    cluster.release("2.0.0")
+    for _ in range(4):
+        await controller.reconcile(key)
+        cluster.tick()
+    assert phase(api) == Phase.PAUSED and len(cluster.pods_of_version("2.0.0")) == 1
+    other = copy.deepcopy(cluster.d)
+    other["metadata"].update(name="biz2", uid="uid-biz2", labels={})
+    other["spec"]["selector"] = {"matchLabels": {"app": "biz2"}}
+    retarget(api, "biz2", other)
+    await controller.reconcile(key)
+    assert "own rollout to finish" in api.rollouts["biz1"]["status"]["message"]
+    calls: list[str] = []
+    carry_out, patch_deployment = api.carry_out, api.patch_deployment
+
+    async def carrying_out(namespace: str, rollout: str, deployment: str, action: Any) -> None:
+        calls.append(type(action).__name__)
+        await carry_out(namespace, rollout, deployment, action)
+
+    async def patching(namespace: str, name: str, patch: dict[str, Any]) -> None:
+        calls.append(f"patch {name}")
+        await patch_deployment(namespace, name, patch)
+
+    api.carry_out = carrying_out  # type: ignore[method-assign]
+    api.patch_deployment = patching  # type: ignore[method-assign]
+    await controller.poll_deployments()
+    assert calls == ["DeleteReplicaSet", "patch biz1"]
+    assert not [rs for rs in cluster.replica_sets.values() if "r-biz1" in str(rs["metadata"])]
+    assert cluster.d["spec"]["paused"] is False
+    assert recorded.reasons()[-1] == "RolloutDetached"
+    await controller.stop()
+
+
+async def test_a_rollout_set_back_to_its_deployment_before_its_next_look_keeps_it() -> None:
+    """The poll reads the rollout again before giving a Deployment back: what the last look
+    saw may be stale."""
+    api = FakeApi(FakeCluster())
+    api.add_rollout()
+    controller, _ = controller_on(api)
+    key = f"{NAMESPACE}/biz1"
+    await controller.reconcile(key)
+    retarget(api, "biz1-next")
+    await controller.reconcile(key)
+    api.rollouts["biz1"]["spec"]["workloadRef"] = {"name": "biz1"}  # no look since
+    await controller.poll_deployments()
+    assert api.cluster.d["spec"]["paused"] is True
+    assert api.cluster.d["metadata"]["labels"][ROLLOUT_LABEL] == "biz1"
+    await controller.reconcile(key)
+    assert controller.known[key].target == "biz1"
+    await controller.stop()

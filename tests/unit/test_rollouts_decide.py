@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from module_controller.modules import reasons
 from module_controller.rollouts.actions import (
     CreateReplicaSet,
     DeletePod,
@@ -19,7 +20,7 @@ from module_controller.rollouts.actions import (
 from module_controller.rollouts.decide import World, decide, detach
 from module_controller.rollouts.model import PAUSED_BEFORE_ANNOTATION, ROLLOUT_LABEL, Phase, Rollout
 from module_controller.rollouts.release import NOT_READY_IN_TIME
-from module_controller.rollouts.world import replicas_of
+from module_controller.rollouts.world import format_time, replicas_of
 from tests.unit.test_rollouts_fake import JAR, FakeCluster, canary_like, template
 from tests.unit.test_rollouts_release import Driver, attached
 
@@ -265,3 +266,147 @@ def test_a_rollback_replaces_the_whole_template() -> None:
     ]
     assert rollbacks and rollbacks[0].template == template("1.0.0")
     assert "annotations" not in cluster.d["spec"]["template"]["metadata"]
+
+
+def _not_ready(pod: dict[str, Any], reason: str, since: float | None = None) -> None:
+    condition = {"type": "Ready", "status": "False", "reason": reason}
+    if since is not None:
+        condition["lastTransitionTime"] = format_time(since)
+    pod["status"] = {"conditions": [condition]}
+
+
+def test_a_ready_canary_pod_whose_base_goes_away_is_waiting_not_failed() -> None:
+    """A base that misses heartbeats (or is deleted) takes its pods out of Ready: the node
+    lifecycle's business, not the module's. With the issue's spec (budget 0, rollback) a
+    beta left waiting for approval longer than readyTimeoutSeconds must not be rolled back
+    by one base blip."""
+    cluster = FakeCluster()
+    driver = attached(cluster)
+    cluster.release("2.0.0")
+    driver.run(driver.phase_is(Phase.PAUSED, 0))
+    cluster.tick(600)  # the approver is at lunch
+    assert driver.look().actions == []
+    (beta,) = cluster.pods_of_version("2.0.0")
+    cluster.stuck.add(JAR.format(version="2.0.0"))  # the model's operator leaves it so
+    for reason in (reasons.BASE_DOWN, reasons.BASE_GONE):
+        _not_ready(beta, reason, cluster.now)
+        cluster.tick(600)
+        decision = driver.look()
+        assert not any(isinstance(a, ReplaceDeploymentTemplate) for a in decision.actions)
+        assert driver.status.phase == Phase.PROGRESSING and driver.status.failures == []
+        assert [w.pod for w in driver.status.base_waits] == [beta["metadata"]["name"]]
+
+
+def test_a_pod_back_from_its_base_gets_the_whole_ready_timeout_again() -> None:
+    """Its Ready condition has been False since its base went: the timeout counts from
+    when the rollout saw it back (the status keeps that), not from the condition."""
+    cluster = FakeCluster()
+    driver = attached(cluster, readyTimeoutSeconds=30)
+    cluster.release("2.0.0")
+    driver.run(driver.phase_is(Phase.PAUSED, 0))
+    (beta,) = cluster.pods_of_version("2.0.0")
+    went = cluster.now
+    _not_ready(beta, reasons.BASE_DOWN, went)
+    cluster.stuck.add(JAR.format(version="2.0.0"))  # the module installs slowly once back
+    cluster.tick(600)
+    driver.look()
+    _not_ready(beta, reasons.INSTALLING, went)  # the base restarted: installed again
+    driver.look()
+    (wait,) = driver.status.base_waits
+    assert wait.back_at == format_time(cluster.now) and driver.status.failures == []
+    cluster.tick(29)
+    driver.look()
+    assert driver.status.failures == []
+    cluster.tick(2)
+    driver.look()
+    (failure,) = driver.status.failures
+    assert failure.reason == NOT_READY_IN_TIME
+    assert failure.message.startswith(f"not Ready for 30s, since {wait.back_at} (")
+
+
+def test_a_pod_that_was_ready_gets_the_ready_timeout_from_when_it_went_not_ready() -> None:
+    cluster = FakeCluster()
+    driver = attached(cluster, readyTimeoutSeconds=30)
+    cluster.release("2.0.0")
+    driver.run(driver.phase_is(Phase.PAUSED, 0))
+    cluster.tick(600)  # much older than the timeout
+    (beta,) = cluster.pods_of_version("2.0.0")
+    went = cluster.now
+    _not_ready(beta, reasons.REINSTALLING, went)
+    cluster.stuck.add(JAR.format(version="2.0.0"))
+    driver.look()
+    cluster.tick(29)
+    driver.look()
+    assert driver.status.failures == [] and driver.status.base_waits == []
+    cluster.tick(2)
+    driver.look()
+    (failure,) = driver.status.failures
+    assert failure.message == (
+        f"not Ready for 30s, since {format_time(went)} ({reasons.REINSTALLING})"
+    )
+
+
+def test_a_failed_pod_is_deleted_only_once_the_status_records_it() -> None:
+    """The status is written after the actions: a failed pod deleted by the look that
+    first counts it, that look's status write lost, would leave no trace of the failure,
+    and the budget would be overrun."""
+    cluster = FakeCluster()
+    steps = [{"replicas": 2, "pause": {}}, {"replicas": "100%"}]
+    driver = attached(cluster, steps=steps, failureBudget=1)
+    cluster.release("2.0.0")
+    driver.look()
+    cluster.tick()
+    first = sorted(p["metadata"]["name"] for p in cluster.pods_of_version("2.0.0"))[0]
+    cluster.broken_pods.add(first)
+    cluster.tick()
+    for _ in range(2):
+        lost = driver.look(status_lost=True)
+        assert lost.requeue_after == 0 and not any(isinstance(a, DeletePod) for a in lost.actions)
+        assert first in cluster.pods, "the proof of the failure stays"
+    recording = driver.look()
+    assert not any(isinstance(a, DeletePod) for a in recording.actions)
+    assert [f.pod for f in driver.status.failures] == [first]
+    assert DeletePod(first, "failed, within the failure budget: another try") in (
+        driver.look().actions
+    )
+    cluster.tick()  # the replacement is made; it fails too: 2 failures for a budget of 1
+    cluster.broken_pods.update(p["metadata"]["name"] for p in cluster.pods_of_version("2.0.0"))
+    driver.run(driver.phase_is(Phase.ROLLED_BACK))
+    failed = [f.pod for f in driver.status.failures]
+    assert len(failed) == 2 and failed[0] == first
+
+
+def test_the_rollback_waits_until_the_failures_calling_for_it_are_recorded() -> None:
+    cluster, driver = failing_release()
+    decision = driver.look()
+    while not driver.status.failures:
+        cluster.tick()
+        decision = driver.look()
+    assert not any(isinstance(a, ReplaceDeploymentTemplate) for a in decision.actions)
+    assert decision.requeue_after == 0 and driver.status.phase == Phase.PROGRESSING
+    assert driver.status.message.endswith("; rolling back to revision 1")
+    # The look that rolls back has its status write lost: the next one still says why.
+    rollback = driver.look(status_lost=True)
+    assert any(isinstance(a, ReplaceDeploymentTemplate) for a in rollback.actions)
+    cluster.tick()
+    driver.look()
+    status = driver.status
+    assert status.phase == Phase.ROLLED_BACK and len(status.failures) == 1
+    assert "1 new pods failed (budget 0)" in status.message
+    assert status.message.endswith("; rolled back to revision 1")
+    assert driver.reasons()[-2:] == ["PodFailed", "RolledBack"]
+
+
+def test_a_deployment_deleted_mid_release_and_made_again_is_no_roll_back() -> None:
+    cluster = FakeCluster()
+    driver = attached(cluster)
+    cluster.release("2.0.0")
+    driver.run(driver.phase_is(Phase.PAUSED, 0))
+    cluster.delete_deployment()
+    driver.look()
+    assert driver.status.message == "Deployment biz1 not found"
+    cluster.create_deployment("1.0.0")
+    driver.run(driver.phase_is(Phase.SUCCEEDED))
+    assert "RolledBack" not in driver.reasons()
+    assert driver.status.message == "6/6 pods on revision 1"
+    assert not cluster.pods_of_version("2.0.0") and not driver.status.failures

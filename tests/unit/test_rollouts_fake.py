@@ -87,7 +87,19 @@ class FakeCluster:
         self.failing: set[str] = set()  # jar URLs whose install fails
         self.stuck: set[str] = set()  # jar URLs whose install never ends
         self.broken_pods: set[str] = set()  # pods whose install fails, whatever their jar
-        self.deployment: dict[str, Any] | None = {
+        self.deployment: dict[str, Any] | None = None
+        self._replicas, self._max_surge = replicas, max_surge
+        self.replica_sets: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.approved_step_resets = 0
+        self._names = itertools.count(1)
+        self._version = itertools.count(2)
+        self.create_deployment(version)
+
+    def create_deployment(self, version: str) -> None:
+        """kubectl apply of the Deployment (a new object, unpaused, unlabelled); its own
+        controller makes its first ReplicaSet and pods."""
+        self.deployment = {
             "metadata": {
                 "name": "biz1",
                 "namespace": NAMESPACE,
@@ -98,23 +110,27 @@ class FakeCluster:
                 "annotations": {},
             },
             "spec": {
-                "replicas": replicas,
+                "replicas": self._replicas,
                 "selector": {"matchLabels": {"app": "biz1"}},
                 "strategy": {
                     "type": "RollingUpdate",
-                    "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": "30%"},
+                    "rollingUpdate": {"maxSurge": self._max_surge, "maxUnavailable": "30%"},
                 },
                 "template": template(version),
             },
             "status": {"observedGeneration": 0},
         }
-        self.replica_sets: dict[str, dict[str, Any]] = {}
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.approved_step_resets = 0
-        self._names = itertools.count(1)
-        self._version = itertools.count(2)
         self.tick()
         self.tick()
+
+    def delete_deployment(self) -> None:
+        """kubectl delete of the Deployment: the garbage collector takes its ReplicaSets
+        and their pods."""
+        for rs in self.owned():
+            for pod in self._pods_of(rs):
+                del self.pods[pod["metadata"]["name"]]
+            del self.replica_sets[rs["metadata"]["name"]]
+        self.deployment = None
 
     # --- what users do -------------------------------------------------------------------------
 
@@ -313,7 +329,12 @@ class FakeCluster:
                     "spec": copy.deepcopy(rs["spec"]["template"]["spec"]),
                     "status": {
                         "conditions": [
-                            {"type": "Ready", "status": "False", "reason": "ModuleInstalling"}
+                            {
+                                "type": "Ready",
+                                "status": "False",
+                                "reason": "ModuleInstalling",
+                                "lastTransitionTime": format_time(self.now),
+                            }
                         ]
                     },
                     "_born": self.now,
@@ -339,6 +360,12 @@ class FakeCluster:
                 }
             else:
                 condition = {"type": "Ready", "status": "True", "reason": "ModulesActivated"}
+            # As the operator writes it: lastTransitionTime moves only when the status does.
+            (before,) = pod["status"]["conditions"]
+            moved = before["status"] != condition["status"] or "lastTransitionTime" not in before
+            condition["lastTransitionTime"] = (
+                format_time(self.now) if moved else before["lastTransitionTime"]
+            )
             pod["status"] = {"conditions": [condition]}
 
     def _pods_of(self, rs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from module_controller.rollouts.cli import ApproveError, approval_for, register
-from module_controller.rollouts.model import Phase, Rollout, RolloutSpec
+from module_controller.rollouts.model import (
+    BaseWait,
+    Failure,
+    Phase,
+    Rollout,
+    RolloutSpec,
+    RolloutStatus,
+)
 from module_controller.rollouts.steps import max_surge, plan_steps, resolve, step_label, step_of
 from module_controller.rollouts.world import (
     failure_of,
@@ -96,6 +103,45 @@ def test_the_crd_schema_has_the_same_rules_and_the_columns_of_the_issue() -> Non
     phases = props["status"]["properties"]["phase"]["enum"]
     assert phases == [phase.value for phase in Phase]
     assert version["subresources"] == {"status": {}}
+
+
+def test_the_crd_refuses_a_changed_workload_ref() -> None:
+    """Checked here for its form only: whether kube-apiserver accepts the rule (its cost)
+    and refuses the change takes a testbed (tests/e2e)."""
+    crd = yaml.safe_load(CRD.read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "workloadRef" in spec_schema["required"], "a transition rule needs oldSelf"
+    (rule,) = spec_schema["properties"]["workloadRef"]["x-kubernetes-validations"]
+    assert rule["rule"] == "self == oldSelf"
+    assert rule["message"].startswith("workloadRef cannot be changed")
+
+
+def test_the_crd_keeps_every_status_field_the_operator_writes() -> None:
+    """The API server drops fields its schema does not name (pruning)."""
+    crd = yaml.safe_load(CRD.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    written = RolloutStatus(
+        failures=[Failure(pod="p", reason="r", message="m")],
+        baseWaits=[BaseWait(pod="p", backAt="2026-12-01T00:00:00Z")],
+    ).as_patch()
+
+    def unnamed(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+        if isinstance(value, dict):
+            named = schema.get("properties") or {}
+            return [
+                miss
+                for key, item in value.items()
+                for miss in (
+                    unnamed(item, named[key], f"{path}.{key}")
+                    if key in named
+                    else [f"{path}.{key}"]
+                )
+            ]
+        if isinstance(value, list):
+            return [m for item in value for m in unnamed(item, schema["items"], f"{path}[]")]
+        return []
+
+    assert unnamed(written, schema, "status") == []
 
 
 def test_the_chart_ships_the_same_crd() -> None:

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from module_controller.modules import reasons
 from module_controller.rollouts.actions import (
     CreateReplicaSet,
     Decision,
@@ -22,7 +23,7 @@ from module_controller.rollouts.actions import (
 from module_controller.rollouts.decide import World, decide
 from module_controller.rollouts.model import ROLLOUT_LABEL, Phase, Rollout, RolloutStatus
 from module_controller.rollouts.steps import plan_steps
-from module_controller.rollouts.world import replicas_of
+from module_controller.rollouts.world import format_time, replicas_of
 from tests.unit.test_rollouts_fake import JAR, NAMESPACE, FakeCluster
 
 ISSUE_STEPS: list[dict[str, Any]] = [
@@ -54,7 +55,9 @@ class Driver:
     def status(self) -> RolloutStatus:
         return Rollout.from_body(self.body).status
 
-    def look(self) -> Decision:
+    def look(self, status_lost: bool = False) -> Decision:
+        """One look; `status_lost`: its actions are carried out, but the status write
+        and the Events after them are not (an API error, the operator stopping)."""
         deployment, replica_sets, pods = self.cluster.world()
         rollout = Rollout.from_body(self.body)
         decision = decide(rollout, World(deployment, replica_sets, pods), self.cluster.now)
@@ -62,6 +65,8 @@ class Driver:
             if isinstance(action, ResetApproval):
                 self.body["spec"]["approvedStep"] = 0
         self.cluster.apply(decision.actions)
+        if status_lost:
+            return decision
         self.body["status"] = decision.status.as_patch()
         self.events += decision.events
         self.decisions.append(decision)
@@ -299,3 +304,26 @@ def test_the_status_after_a_hand_over_names_the_new_stable() -> None:
     assert driver.status.stable not in (None, before)
     assert driver.status.release == driver.status.stable
     assert JAR.format(version="2.0.0") in str(copy.deepcopy(cluster.d["spec"]["template"]))
+
+
+def test_a_step_whose_pods_drop_out_of_ready_starts_its_grace_time_again() -> None:
+    cluster = FakeCluster()
+    steps = [{"replicas": 2, "pause": {"duration": 30}}, {"replicas": "100%"}]
+    driver = attached(cluster, steps=steps)
+    cluster.release("2.0.0")
+    driver.run(driver.phase_is(Phase.PAUSED, 0))
+    cluster.tick(20)
+    pod = cluster.pods_of_version("2.0.0")[0]
+    pod["status"] = {
+        "conditions": [{"type": "Ready", "status": "False", "reason": reasons.REINSTALLING}]
+    }
+    driver.look()
+    dropped = driver.status
+    assert dropped.phase == Phase.PROGRESSING and dropped.step_ready_at is None
+    cluster.tick()  # Ready again
+    decision = driver.look()
+    assert driver.status.phase == Phase.PAUSED
+    assert driver.status.step_ready_at == format_time(cluster.now)
+    assert decision.requeue_after is not None and decision.requeue_after >= 29, (
+        "the whole grace time from when the step's pods were all Ready again"
+    )
