@@ -239,8 +239,8 @@ class ModuleSync:
     async def sync_base(self, identity: str) -> None:
         record = self.registry.bases.get(identity)
         if record is None:
-            # The base is gone: base_gone() marked its pods; they are the pod garbage
-            # collector's now, and nothing here may write them Ready again.
+            # The base is gone: base_gone() marked its pods and deleted them; nothing here
+            # may write them Ready again.
             return
         if not self.owner.holds(record.node_name):
             return  # another replica's base: it plans, sends and writes for it
@@ -346,24 +346,32 @@ class ModuleSync:
         self.queue.add(identity)
 
     async def base_gone(self, node_name: str, message: str) -> None:
-        """A base is gone for good: its pods say so before its node is deleted.
+        """A base is gone for good: its pods say so, then go, before its node is deleted.
 
         The controller awaits this before deleting the node, so no pod on it shows Ready
-        (or 1/1) while its base no longer exists. A failed write does not keep the node.
-        The call may come late (it is a task of its own): a base heard again meanwhile is
-        alive, and its pods are left alone.
+        (or 1/1) while its base no longer exists. Then the pods are deleted, as the pod
+        garbage collector would delete them 40 to 60 s after their node (nothing runs them
+        now): their controllers replace them on live bases at once. A failed write does
+        not keep the node. The call may come late (it is a task of its own): a base heard
+        again meanwhile is alive, and its pods are left alone.
         """
         if self.registry.base_of_node(node_name) is not None or not self.owner.holds(node_name):
             return
         text = bounded(f"the base of node {node_name} is gone: {message}")
         wall = datetime.datetime.now(datetime.UTC)
-        for pod in self.state.pods_on(node_name):
+        pods = self.state.pods_on(node_name)
+        for pod in pods:
             if pod.deleting or not shows_ready(pod.status):
                 continue
             try:
                 await self._write_status(pod, not_ready_status(pod, reasons.BASE_GONE, text, wall))
             except ApiException as error:
                 log.warning("Could not mark pod %s not ready (%s).", pod.key, error.status)
+        for pod in pods:
+            try:
+                await self._remove(pod, text)
+            except ApiException as error:
+                log.warning("Could not delete pod %s (%s).", pod.key, error.status)
 
     async def _write_status(self, pod: ModulePod, status: dict[str, Any]) -> None:
         self.metrics.record_pod_status_write()
