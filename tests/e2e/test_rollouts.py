@@ -253,21 +253,28 @@ async def test_a_jar_that_fails_to_download_stops_the_release_and_rolls_it_back(
     assert reasons.count("PodFailed") >= failed and "RolledBack" in reasons, reasons
 
 
+def apply_rollout(
+    kubectl: list[str], namespace: str, name: str, replicas: str
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` of a one-step ModuleRollout of Deployment biz1."""
+    text = f"""
+apiVersion: {GROUP}/{VERSION}
+kind: ModuleRollout
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  workloadRef: {{name: biz1}}
+  steps: [{{replicas: {replicas}}}]
+"""
+    return subprocess.run(
+        [*kubectl, "apply", "-f", "-"], input=text, capture_output=True, text=True, check=False
+    )
+
+
 @pytest.mark.usefixtures("rollout_crd")
 async def test_a_step_of_150_percent_is_refused_at_apply(
     kubectl: list[str], namespace: str
 ) -> None:
-    bad = f"""
-apiVersion: {GROUP}/{VERSION}
-kind: ModuleRollout
-metadata: {{name: bad, namespace: {namespace}}}
-spec:
-  workloadRef: {{name: biz1}}
-  steps: [{{replicas: "150%"}}]
-"""
-    done = subprocess.run(
-        [*kubectl, "apply", "-f", "-"], input=bad, capture_output=True, text=True, check=False
-    )
+    done = apply_rollout(kubectl, namespace, "bad", '"150%"')
     assert done.returncode != 0
     # The value after "Invalid value:" is "150%" from v1.36 on, "" before (the apiserver
     # printed the schema's type, which an int-or-string lacks): the message names it.
@@ -283,15 +290,7 @@ async def test_a_rollouts_workload_ref_cannot_be_changed(
     kubectl: list[str], namespace: str
 ) -> None:
     """Retargeted, a rollout would leave its first Deployment paused for good."""
-    made = f"""
-apiVersion: {GROUP}/{VERSION}
-kind: ModuleRollout
-metadata: {{name: fixed, namespace: {namespace}}}
-spec:
-  workloadRef: {{name: biz1}}
-  steps: [{{replicas: "100%"}}]
-"""
-    subprocess.run([*kubectl, "apply", "-f", "-"], input=made, text=True, check=True)
+    assert apply_rollout(kubectl, namespace, "fixed", '"100%"').returncode == 0
     done = subprocess.run(
         [
             *kubectl,

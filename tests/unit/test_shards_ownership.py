@@ -519,6 +519,19 @@ async def test_the_new_owner_acts_once_the_watch_shows_it_the_hand_over(
     assert all(leases.holder(name) == "replica-d" for name in moving)
 
 
+async def one_base_for_a_joiner(
+    api: client.ApiClient, leases: FakeLeases, settle: Settle
+) -> tuple[Replica, str, dict[str, str]]:
+    """replica-a holds one base that replica-d, joining now, should own."""
+    a = Replica("replica-a", leases, api, settle=settle)
+    [name] = bases_for("replica-d", ("replica-a", "replica-d"), 1)
+    bases = {name: name.removeprefix("virtual-node-")}
+    leases.put_node_lease(name, "replica-a")
+    await a.round(bases)
+    leases.put_member("replica-d")
+    return a, name, bases
+
+
 async def test_a_hand_over_waits_for_the_work_in_progress_on_the_base(
     api: client.ApiClient, leases: FakeLeases
 ) -> None:
@@ -531,13 +544,7 @@ async def test_a_hand_over_waits_for_the_work_in_progress_on_the_base(
         settling.append((name, identity))
         await busy.wait()
 
-    a = Replica("replica-a", leases, api, settle=settle)
-    members = ("replica-a", "replica-d")
-    [name] = bases_for("replica-d", members, 1)
-    bases = {name: name.removeprefix("virtual-node-")}
-    leases.put_node_lease(name, "replica-a")
-    await a.round(bases)
-    leases.put_member("replica-d")
+    a, name, bases = await one_base_for_a_joiner(api, leases, settle)
     handing = asyncio.create_task(a.round(bases))
     await wait_for(lambda: asyncio.sleep(0, bool(settling)), timeout=2, what="the hand-over")
     assert settling == [(name, bases[name])]
@@ -557,13 +564,7 @@ async def test_a_base_still_busy_past_the_bound_stays_for_a_later_round(
     async def settle(name: str, identity: str) -> None:
         await free.wait()
 
-    a = Replica("replica-a", leases, api, settle=settle)
-    members = ("replica-a", "replica-d")
-    [name] = bases_for("replica-d", members, 1)
-    bases = {name: name.removeprefix("virtual-node-")}
-    leases.put_node_lease(name, "replica-a")
-    await a.round(bases)
-    leases.put_member("replica-d")
+    a, name, bases = await one_base_for_a_joiner(api, leases, settle)
     await a.round(bases)
     assert leases.holder(name) == "replica-a"
     assert not a.ownership.holds(name)
