@@ -141,20 +141,22 @@ class NodeSyncer:
             return
         if not self.owner.may_write_node(name, record.identity):
             return  # another replica's base: it writes the node
-        desired = node_manifest(record, self.settings, self.transitions.get(name))
         applied = self.existing.get(name)
+        if applied is None and self.owner.holds_lease(name):
+            # Taken over from another replica: its node exists; read it, not a create
+            # bound to fail with 409.
+            applied = await self._read_existing(name)
+        desired = node_manifest(record, self.settings, self.transitions.get(name))
         if applied is None:
             try:
                 created = await self.core.create_node(as_body(desired))
             except ApiException as error:
                 if error.status != 409:
                     raise
-                current = self._raw(await self.core.read_node(name))
-                self.existing[name] = AppliedNode.of(current["metadata"]["uid"], current)
-                self.transitions[name] = transitions_of(current)
-                if not self.owner.holds(name):
+                applied = await self._read_existing(name)
+                if applied is None or not self.owner.holds(name):
                     return  # made by another replica: its Lease says whose it is
-                applied = self.existing[name]
+                desired = node_manifest(record, self.settings, self.transitions.get(name))
             else:
                 self.existing[name] = AppliedNode.of(created.metadata.uid, desired)
                 self.transitions[name] = transitions_of(desired)
@@ -181,6 +183,19 @@ class NodeSyncer:
             # Ours to write, yet no Lease is known (it was deleted, or this replica made
             # the node and the Lease write failed): make it, or learn whose it is.
             await self._renew_lease(name)
+
+    async def _read_existing(self, name: str) -> AppliedNode | None:
+        """Adopt the node as it is in the cluster (None: there is none)."""
+        try:
+            current = self._raw(await self.core.read_node(name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        applied = AppliedNode.of(current["metadata"]["uid"], current)
+        self.existing[name] = applied
+        self.transitions[name] = transitions_of(current)
+        return applied
 
     async def _patch_metadata(self, name: str, desired: dict[str, Any]) -> None:
         """Set our labels, annotations and taints, keeping taints others put there."""

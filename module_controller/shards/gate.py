@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 class OwnerGate(Protocol):
     def holds(self, node_name: str) -> bool: ...
+    # Holds the node's Lease as read from the cluster: the node exists already.
+    def holds_lease(self, node_name: str) -> bool: ...
     def may_write_node(self, node_name: str, identity: str) -> bool: ...
     async def lease_written(self, name: str, lease: Any) -> None: ...
     def lost(self, name: str) -> None: ...
@@ -19,6 +21,9 @@ class OwnerGate(Protocol):
 class SoleOwner:
     def holds(self, node_name: str) -> bool:
         return True
+
+    def holds_lease(self, node_name: str) -> bool:
+        return False  # no Leases read: a node not made by this process is created
 
     def may_write_node(self, node_name: str, identity: str) -> bool:
         return True

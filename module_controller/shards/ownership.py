@@ -115,6 +115,10 @@ class Ownership:
         view = self._table.get(node_name)
         return view is not None and view.holder == self.me
 
+    def holds_lease(self, node_name: str) -> bool:
+        """Held, and its Lease is in the table: the node exists (made by an earlier owner)."""
+        return self.holds(node_name)
+
     def may_write_node(self, node_name: str, identity: str) -> bool:
         """May write the Node: held, or a new base (no Lease yet) this replica should own."""
         if not self._may_act():

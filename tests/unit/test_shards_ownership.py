@@ -16,7 +16,7 @@ import copy
 import datetime
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes_asyncio import client
@@ -706,6 +706,35 @@ async def test_a_node_sync_of_a_base_with_no_known_lease_makes_the_lease(
     assert not a.ownership.holds(name)
     await syncer.sync(name)
     assert leases.holder(name) == "replica-a" and a.ownership.holds(name)
+
+
+async def test_a_base_taken_over_has_its_node_read_not_created_again(
+    api: client.ApiClient, leases: FakeLeases
+) -> None:
+    """Its previous owner made the node: the new owner reads it, rather than a create
+    bound to fail with 409 followed by the read."""
+    a = Replica("replica-a", leases, api)
+    [name] = bases_for("replica-a", ("replica-a",), 1)
+    identity = name.removeprefix("virtual-node-")
+    leases.put_node_lease(name, "replica-gone", age=NODE_LEASE_SECONDS + 1)  # ran out
+    syncer = a_node_syncer(a, api, leases)
+    syncer.existing.clear()  # made by replica-gone, not by this process
+    syncer.registry.adopt(identity, heartbeat().status, name)
+    await a.round({name: identity})
+    assert a.ownership.holds(name)
+    cluster = cast(FakeCluster, syncer.core)
+    read = cluster.read_node
+    reads: list[str] = []
+
+    async def read_node(node: str) -> dict[str, Any]:
+        reads.append(node)
+        return await read(node)
+
+    cluster.read_node = read_node  # type: ignore[method-assign,assignment]
+    await syncer.sync(name)
+    assert reads[:1] == [name]
+    assert ("create node", name) not in cluster.log, cluster.log
+    assert syncer.existing[name].uid == f"uid-{name}"
 
 
 async def test_a_restarted_replica_with_its_old_client_id_adopts_the_bases_it_held(
