@@ -54,8 +54,9 @@ from module_controller.shards.assignment import intended_owner
 from module_controller.shards.membership import MEMBER_LABEL
 from module_controller.simulator.base import SimulatedBase
 from module_controller.simulator.fleet import Fleet
-from module_controller.testbed import process, testbed
+from module_controller.testbed import testbed
 from module_controller.testbed.operator_process import OperatorProcess
+from module_controller.testbed.process import free_port
 from module_controller.vnode_manifest import COMPONENT_LABEL, ENV_LABEL, LEASE_NAMESPACE
 from tests.e2e.modules_support import deployment
 
@@ -136,7 +137,7 @@ class Bench:
 async def start_replicas(bench: Bench, count: int, work: Path, profile: Path | None) -> None:
     """`count` replicas, Ready and members of one another before the first base comes, so
     that each base goes straight to its intended owner."""
-    ports = [process.free_port() for _ in range(2 * count)]  # never the same twice
+    ports = [free_port() for _ in range(2 * count)]  # never the same twice
     for number in range(1, count + 1):
         client_id = f"replica-{number}"
         metrics_port, health_port = ports[2 * number - 2], ports[2 * number - 1]
