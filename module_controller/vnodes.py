@@ -153,7 +153,9 @@ class NodeSyncer:
             except ApiException as error:
                 if error.status != 409:
                     raise
-                applied = await self._read_existing(name)
+                # Its 404 (made, then deleted, by someone else meanwhile) is raised: the
+                # queue tries again with backoff.
+                applied = await self._read_existing(name, missing_ok=False)
                 if applied is None or not self.owner.holds(name):
                     return  # made by another replica: its Lease says whose it is
                 desired = node_manifest(record, self.settings, self.transitions.get(name))
@@ -179,17 +181,18 @@ class NodeSyncer:
             applied.uid, metadata_fingerprint(desired), status_fingerprint(desired)
         )
         self.transitions[name] = transitions_of(desired)
-        if not self.owner.holds(name):
+        if not self.owner.holds(name) and self.owner.may_write_node(name, record.identity):
             # Ours to write, yet no Lease is known (it was deleted, or this replica made
-            # the node and the Lease write failed): make it, or learn whose it is.
+            # the node and the Lease write failed): make it, or learn whose it is. Asked
+            # again after the awaits: the base may be being handed over meanwhile.
             await self._renew_lease(name)
 
-    async def _read_existing(self, name: str) -> AppliedNode | None:
+    async def _read_existing(self, name: str, *, missing_ok: bool = True) -> AppliedNode | None:
         """Adopt the node as it is in the cluster (None: there is none)."""
         try:
             current = self._raw(await self.core.read_node(name))
         except ApiException as error:
-            if error.status == 404:
+            if error.status == 404 and missing_ok:
                 return None
             raise
         applied = AppliedNode.of(current["metadata"]["uid"], current)

@@ -355,7 +355,13 @@ class ModuleSync:
         not keep the node. The call may come late (it is a task of its own): a base heard
         again meanwhile is alive, and its pods are left alone.
         """
-        if self.registry.base_of_node(node_name) is not None or not self.owner.holds(node_name):
+
+        def still_gone() -> bool:
+            # Checked before every write: each awaits the network, and a heartbeat may
+            # bring the base back (or a hand-over take it) meanwhile.
+            return self.registry.base_of_node(node_name) is None and self.owner.holds(node_name)
+
+        if not still_gone():
             return
         text = bounded(f"the base of node {node_name} is gone: {message}")
         wall = datetime.datetime.now(datetime.UTC)
@@ -363,11 +369,15 @@ class ModuleSync:
         for pod in pods:
             if pod.deleting or not shows_ready(pod.status):
                 continue
+            if not still_gone():
+                return
             try:
                 await self._write_status(pod, not_ready_status(pod, reasons.BASE_GONE, text, wall))
             except ApiException as error:
                 log.warning("Could not mark pod %s not ready (%s).", pod.key, error.status)
         for pod in pods:
+            if not still_gone():
+                return
             try:
                 await self._remove(pod, text)
             except ApiException as error:

@@ -98,6 +98,8 @@ class Ownership:
         self._changed = changed
         self._settle = settle
         self._table: dict[str, NodeLease] = {}
+        # Bases being handed over: not acted on (nor renewed) until the write is done.
+        self._handing: set[str] = set()
         self._trusted = False  # the table may be stale until listed again
         self._epoch = membership.epoch
 
@@ -110,7 +112,7 @@ class Ownership:
 
     def holds(self, node_name: str) -> bool:
         """This replica holds the base's node Lease and may act: commands, status, Events."""
-        if not self._may_act():
+        if not self._may_act() or node_name in self._handing:
             return False
         view = self._table.get(node_name)
         return view is not None and view.holder == self.me
@@ -121,7 +123,7 @@ class Ownership:
 
     def may_write_node(self, node_name: str, identity: str) -> bool:
         """May write the Node: held, or a new base (no Lease yet) this replica should own."""
-        if not self._may_act():
+        if not self._may_act() or node_name in self._handing:
             return False
         view = self._table.get(node_name)
         if view is None:
@@ -242,29 +244,34 @@ class Ownership:
         await self._write(name, view, self.me, "claimed")
 
     async def _hand_over(self, name: str, view: NodeLease, to: str, identity: str) -> None:
-        # Stop acting first: from here on this replica starts nothing for the base, and
-        # what it started (a step that checked before this line) finishes before the new
-        # owner may act: the base never has two acting owners.
-        self._table[name] = NodeLease(to, view.spec, view.resource_version)
-        if self._settle is not None:
-            try:
-                await asyncio.wait_for(self._settle(name, identity), SETTLE_SECONDS)
-            except TimeoutError:
-                log.warning(
-                    "Base %s still busy after %.0fs: not handed over to %s this round.",
-                    identity,
-                    SETTLE_SECONDS,
-                    to,
-                )
-                self._trusted = False  # the next round reads the Lease back (still ours)
-                return
+        # Stop acting first: from here on this replica starts nothing for the base (nor
+        # renews its Lease), and what it started (a step that checked before this line)
+        # finishes before the new owner may act: the base never has two acting owners.
+        self._handing.add(name)
+        handed = False
         try:
-            written = await self._write(name, view, to, f"handed over to {to}")
-        except Exception:
-            self._trusted = False  # did it go through? Read the Leases again first.
-            raise
-        if not written:
-            self._trusted = False  # read the Leases again before acting on anything
+            if self._settle is not None:
+                try:
+                    await asyncio.wait_for(self._settle(name, identity), SETTLE_SECONDS)
+                except TimeoutError:
+                    log.warning(
+                        "Base %s still busy after %.0fs: not handed over to %s this round.",
+                        identity,
+                        SETTLE_SECONDS,
+                        to,
+                    )
+                    return
+            current = self._table.get(name, view)  # the settled steps may have renewed it
+            try:
+                handed = await self._write(name, current, to, f"handed over to {to}")
+            except Exception:
+                self._trusted = False  # did it go through? Read the Leases again first.
+                raise
+        finally:
+            self._handing.discard(name)
+            if not handed and self.holds(name):
+                # Still ours: what was skipped meanwhile is looked at again, afresh.
+                await self._changed([name])
 
     async def _write(self, name: str, view: NodeLease, holder: str, what: str) -> bool:
         now = micro_timestamp(now_utc())

@@ -5,8 +5,8 @@ simulated bases that speak only HTTP (each on a loopback address of its own), an
 ArkletHttpClient calls their Arklet HTTP API, its answers collected as tunnel events.
 Timeouts are short (about a second) so that the failure paths stay quick.
 
-The second half plays a hostile base and Murphy; tests there that fail today name the
-problem in their docstring.
+The second half plays a hostile base and Murphy; each test there names, after "Was:", the
+problem it found (all fixed since: they stay as regression tests).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ async def test_an_identity_naming_refuses_is_400(identity: str) -> None:
 
 
 async def test_a_free_port_serves_ipv4_and_ipv6_alike() -> None:
-    """FAILS today: with HTTP_TUNNEL_LISTEN_PORT=0, TCPSite(host=None) binds 0.0.0.0 and ::
+    """Was: with HTTP_TUNNEL_LISTEN_PORT=0, TCPSite(host=None) binds 0.0.0.0 and ::
     each to a free port of its own, and start() returns addresses[0], whose family varies
     from process to process (asyncio collects the bind addresses in a set): about every
     other start, the port it reports refuses IPv4 bases. Bind one port for both (bind the
@@ -631,7 +631,7 @@ async def test_stopping_mid_call_ends_the_call_quietly(start_base: StartBase) ->
 
 
 async def test_a_call_after_stop_delivers_nothing() -> None:
-    """FAILS today: a command sent after stop() (the module sync stops after the client)
+    """Was: a command sent after stop() (the module sync stops after the client)
     runs in a new task nobody stops, finds no session and delivers ArkletCallFailed plus an
     invented "not delivered: the operator is stopping" install failure."""
     events = Events()
@@ -645,7 +645,7 @@ async def test_a_call_after_stop_delivers_nothing() -> None:
 
 
 async def test_an_answer_sent_in_pieces_is_read_whole() -> None:
-    """FAILS today: the client reads the answer with one content.read(n), which returns the
+    """Was: the client reads the answer with one content.read(n), which returns the
     first piece that arrived; an answer split over TCP segments (a big inventory, a slow
     base, a proxy) is taken for "not an Arklet answer"."""
     answer = json.dumps(
@@ -683,7 +683,7 @@ async def test_an_answer_sent_in_pieces_is_read_whole() -> None:
 async def test_an_answer_from_another_base_is_not_taken_for_this_one(
     start_base: StartBase,
 ) -> None:
-    """FAILS today: the answer's baseIdentity is never compared. When a base's address now
+    """Was: the answer's baseIdentity is never compared. When a base's address now
     serves another base (it died and another took its IP:port, port drift, a forged
     heartbeat), that base's inventory is taken for this one's, and an install that
     landed there is reported as done here."""
@@ -700,7 +700,7 @@ async def test_an_answer_from_another_base_is_not_taken_for_this_one(
 
 
 async def test_an_ipv6_base_is_reachable(start_base: StartBase) -> None:
-    """FAILS today: the URL is f"http://{ip}:{port}/...", so an IPv6 localIP (valid per
+    """Was: the URL is f"http://{ip}:{port}/...", so an IPv6 localIP (valid per
     naming.ip_address) gives http://::1:1238/health, an invalid URL: every call fails and
     the node of an IPv6 base goes NotReady. IPv6 hosts need brackets."""
     base = await start_base(ip="::1")
@@ -715,7 +715,7 @@ async def test_an_ipv6_base_is_reachable(start_base: StartBase) -> None:
 
 @pytest.mark.parametrize("port", [-1, 65536, 10**12])
 async def test_a_heartbeat_with_an_impossible_port_is_refused(port: int) -> None:
-    """FAILS today: BaseStatus.port has no bounds, so the base is registered and every
+    """Was: BaseStatus.port has no bounds, so the base is registered and every
     call to it fails as an invalid URL (NotReady after BASE_NOT_READY_SECONDS, installs
     wait the install timeout); port -1 also makes the tunnel-port label "-1", a label
     value the API server refuses, so the node cannot even be written."""
@@ -762,7 +762,7 @@ async def post_from(ip: str, port: int, body: str) -> int:
 async def test_a_heartbeat_without_a_usable_ip_sends_no_command_to_the_operator_host(
     local_ip: str,
 ) -> None:
-    """FAILS today: BaseRecord.ip falls back to 127.0.0.1 for a localIP that is not an IP
+    """Was: BaseRecord.ip falls back to 127.0.0.1 for a localIP that is not an IP
     (the Go fallback for the node's InternalIP), and the router sends that base's Arklet
     calls there: to the operator's own pod, on a port the sender chose (its metrics, its
     health server, the kubelet proxy, or any sidecar). Refuse such a heartbeat (400), or
@@ -778,7 +778,7 @@ async def test_a_heartbeat_without_a_usable_ip_sends_no_command_to_the_operator_
 async def test_a_heartbeat_claiming_a_known_base_from_elsewhere_does_not_take_its_calls(
     start_base: StartBase,
 ) -> None:
-    """FAILS today: anyone who reaches the tunnel port can post a heartbeat with a live
+    """Was: anyone who reaches the tunnel port can post a heartbeat with a live
     base's identity and its own localIP:port; the registry takes the new address at once,
     and from then on that base's installs, uninstalls and queries go to the attacker,
     whose answers the controller believes."""
@@ -795,7 +795,7 @@ async def test_a_heartbeat_claiming_a_known_base_from_elsewhere_does_not_take_it
 
 
 async def test_a_heartbeat_body_that_trickles_in_is_cut_off() -> None:
-    """FAILS today: the server reads a body without a deadline. A client that sends the
+    """Was: the server reads a body without a deadline. A client that sends the
     headers and then nothing (slowloris) holds a connection and a handler for ever; a few
     thousand exhaust the operator's file descriptors, and with them its API server and
     broker connections. A real heartbeat is under 1 KiB and sent at once."""
@@ -818,7 +818,7 @@ async def test_a_heartbeat_body_that_trickles_in_is_cut_off() -> None:
 async def test_installs_stuck_on_a_frozen_base_do_not_starve_the_other_bases(
     start_base: StartBase,
 ) -> None:
-    """FAILS today: an install holds its slot of ARKLET_HTTP_MAX_CALLS for up to
+    """Was: an install holds its slot of ARKLET_HTTP_MAX_CALLS for up to
     INSTALL_TIMEOUT_SECONDS (120 s). A rollout to a few frozen bases (16 bases x 4 modules
     fill the 64 slots) stops every other base's health and inventory calls, and installs,
     for two minutes; those calls only wait, so nothing says why. Give the quick calls
@@ -845,7 +845,7 @@ async def test_installs_stuck_on_a_frozen_base_do_not_starve_the_other_bases(
 async def test_what_a_client_keeps_per_base_goes_when_the_calls_end(
     start_base: StartBase,
 ) -> None:
-    """FAILS today: ArkletHttpClient._per_base keeps one semaphore per identity ever called
+    """Was: ArkletHttpClient._per_base keeps one semaphore per identity ever called
     and never drops it. Bases with UUID identities get a new one per restart, and a hostile
     sender can make up identities: the dict grows for the operator's lifetime."""
     base = await start_base()

@@ -12,6 +12,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from module_controller.tunnels.events import BrokerConnected
+from tests.unit.shards_support import FakeLeases, ShardedWired
 from tests.unit.wiring_support import Wired
 
 UNIT_TEST_TIMEOUT_SECONDS = 10  # the slowest takes under 2 s; room for a loaded CI machine
@@ -53,3 +54,26 @@ async def wired() -> AsyncIterator[Wired]:
             yield made
         finally:
             await made.stop()
+
+
+# The shards tests' fake Leases and one replica's wiring on them (tests/unit/shards_support.py).
+@pytest.fixture
+async def api() -> AsyncIterator[client.ApiClient]:
+    async with client.ApiClient() as made:
+        yield made
+
+
+@pytest.fixture
+def leases() -> FakeLeases:
+    return FakeLeases()
+
+
+@pytest.fixture
+async def sharded(api: client.ApiClient, leases: FakeLeases) -> AsyncIterator[ShardedWired]:
+    made = ShardedWired(api, leases)
+    made.wired.start()
+    await made.wired.say(BrokerConnected())
+    try:
+        yield made
+    finally:
+        await made.wired.stop()

@@ -245,3 +245,24 @@ async def test_a_pod_removed_is_deleted_once_though_late_events_come_before_its_
     assert scene.calls.kinds() == [("delete", "old")], "deleted once"
     scene.state.remove_pod(leaving.uid)  # the watch's deletion: forgotten for good
     assert scene.state.upsert_pod(late, now=2.0) == {scene.node}
+
+
+async def test_base_gone_leaves_the_pods_of_a_base_heard_again_while_it_marks_them(
+    scene: Scene,
+) -> None:
+    """Each write awaits the network: a heartbeat may bring the base back meanwhile, and
+    then none of its pods is deleted."""
+    scene.add(pod("a", [("biz1", "1")], ready=True))
+    scene.add(pod("b", [("biz1", "1")], ready=True))
+    record = scene.registry.bases.pop(IDENTITY)
+    patch = scene.calls.patch_namespaced_pod_status
+
+    async def heard_again_during_the_write(name: str, namespace: str, body: Any) -> Any:
+        scene.registry.bases[IDENTITY] = record  # a heartbeat arrived meanwhile
+        return await patch(name, namespace, body)
+
+    scene.calls.patch_namespaced_pod_status = heard_again_during_the_write  # type: ignore[method-assign]
+    await scene.sync.base_gone(scene.node, "silent for 61s")
+    assert scene.registry.base_of_node(scene.node) is record, "the base is alive again"
+    deleted = [what for kind, what in scene.calls.kinds() if kind == "delete"]
+    assert deleted == [], f"pods of a live base deleted: {deleted}"
