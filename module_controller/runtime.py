@@ -102,6 +102,7 @@ class Runtime:
                 on_published=lambda command: metrics.record_mqtt_published(
                     "baseline" if command == "baseline" else "command"
                 ),
+                not_ours=self._owned_by_another,
             )
         self.arklet_http: ArkletHttpClient | None = None
         self.tunnel = TunnelRouter(self.registry, self.mqtt, None)
@@ -308,6 +309,10 @@ class Runtime:
         elif self._http_crowded and not crowded:
             self.health.set("http", True, f"listening on port {self.http_server.port}")
         self._http_crowded = crowded
+
+    def _owned_by_another(self, identity: str) -> bool:
+        record = self.registry.bases.get(identity)
+        return record is not None and self.ownership.held_by_another(record.node_name)
 
     async def _settle(self, node_name: str, identity: str) -> None:
         """Wait for the base's steps in progress: a hand-over waits for them."""

@@ -117,6 +117,14 @@ class Ownership:
         view = self._table.get(node_name)
         return view is not None and view.holder == self.me
 
+    def held_by_another(self, node_name: str) -> bool:
+        """Another replica holds the base's Lease, as far as this replica can tell now (a
+        base with no Lease yet, or a table not read again after a lapse, is nobody's)."""
+        if not self._may_act():
+            return False
+        view = self._table.get(node_name)
+        return view is not None and view.holder not in ("", self.me)
+
     def holds_lease(self, node_name: str) -> bool:
         """Held, and its Lease is in the table: the node exists (made by an earlier owner)."""
         return self.holds(node_name)

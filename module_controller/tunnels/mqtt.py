@@ -118,6 +118,11 @@ def _bounded_client_queue(
     return CountingQueue
 
 
+# Decoded whoever owns the base: its liveness, and its health (the node's capacity comes
+# from it, so that a replica taking the base over writes the node as it was).
+HEARD_FROM_EVERY_BASE = frozenset({BaseTopic.HEART, BaseTopic.HEALTH})
+
+
 class MqttTunnel:
     """Keeps one connection to the broker and turns its messages into TunnelEvents."""
 
@@ -129,6 +134,7 @@ class MqttTunnel:
         on_drop: DropHook | None = None,
         on_reconnect: Callable[[], None] | None = None,
         on_published: Callable[[str], None] | None = None,
+        not_ours: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = MessageDecoder(settings, on_drop)
@@ -148,6 +154,9 @@ class MqttTunnel:
         self._client: aiomqtt.Client | None = None
         self._on_reconnect = on_reconnect
         self._on_published = on_published
+        # identity -> whether another replica owns the base: its messages other than its
+        # heartbeat are not decoded here (every replica hears every base; see shards/).
+        self._not_ours = not_ours
         self._tls = mqtt_tls_context(
             settings.mqtt_ca_path, settings.mqtt_client_crt_path, settings.mqtt_client_key_path
         )
@@ -308,6 +317,14 @@ class MqttTunnel:
             raw = payload.encode()
         else:
             raw = b""
+        parts = topic.split("/")
+        if (
+            self._not_ours is not None
+            and len(parts) == 4
+            and parts[3] not in HEARD_FROM_EVERY_BASE
+            and self._not_ours(parts[1])
+        ):
+            return  # another replica's base: it decodes and acts on this one
         event = self.decoder.decode(topic, raw)
         if event is None:
             return

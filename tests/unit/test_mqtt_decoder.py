@@ -210,3 +210,25 @@ async def test_a_cancelled_tunnel_stops_even_if_disconnecting_fails() -> None:
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done, "the tunnel took the failed DISCONNECT for a lost connection"
     assert task.cancelled()
+
+
+async def test_the_messages_of_another_replicas_base_are_not_decoded_but_its_heartbeat_is() -> None:
+    """Every replica hears every base: what another replica owns is its to decode."""
+    delivered: list[object] = []
+
+    async def deliver(event: object) -> None:
+        delivered.append(event)
+
+    tunnel = MqttTunnel(Settings(), deliver, not_ours=lambda identity: identity == "theirs")
+    inventory = json.dumps({"publishTimestamp": now_ms(), "data": []}).encode()
+    await tunnel._dispatch("koupleless_dev/theirs/base/simpleBiz", inventory)
+    assert delivered == []
+    await tunnel._dispatch("koupleless_dev/theirs/base/heart", heartbeat("theirs"))
+    health = {
+        "publishTimestamp": now_ms(),
+        "data": {"code": "SUCCESS", "data": {"healthData": {"jvm": {"java max metaspace": 10}}}},
+    }
+    await tunnel._dispatch("koupleless_dev/theirs/base/health", json.dumps(health).encode())
+    await tunnel._dispatch("koupleless_dev/mine/base/simpleBiz", inventory)
+    kinds = [type(e).__name__ for e in delivered]
+    assert kinds == ["BaseHeartbeat", "BaseHealthReport", "BaseInventory"], kinds

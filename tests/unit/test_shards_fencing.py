@@ -107,6 +107,10 @@ async def test_holds_and_may_write_node(api: client.ApiClient, leases: FakeLease
     assert not a.ownership.holds(new_mine)
     assert not a.ownership.may_write_node(new_theirs, identity(new_theirs))
     assert a.ownership.held() == [mine]
+    # Whose messages it leaves undecoded: a Lease another replica holds, nothing else.
+    assert a.ownership.held_by_another(theirs)
+    assert not a.ownership.held_by_another(mine)
+    assert not a.ownership.held_by_another(new_theirs), "no Lease yet: nobody's"
     # A renewal that found another holder: stop at once, before the watch says who.
     a.ownership.lost(mine)
     assert not a.ownership.holds(mine) and not a.ownership.may_write_node(mine, identity(mine))
