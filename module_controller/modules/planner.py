@@ -272,7 +272,8 @@ def _due_reinstalls(
             del base.reinstalls[key]
     due: set[str] = set()
     for key in sorted(intent.reinstalled):
-        if key in base.uninstalling or intent.clear_first.get(key, set()) & held:
+        active = intent.clear_first.get(key, set())
+        if key in base.uninstalling or active & held:
             continue
         tries, last = base.reinstalls.get(key, (0, 0.0))
         if tries:
@@ -285,11 +286,11 @@ def _due_reinstalls(
         due.add(key)
         # The active versions no pod wants go now too, orphans or not: this pod needs them
         # gone before its version can be installed again.
-        intent.evicted |= intent.clear_first.get(key, set())
+        intent.evicted |= active
         pod = intent.wanting[key][-1]
-        active = ", ".join(sorted(intent.clear_first.get(key, ()))) or "another version"
+        switched_on = ", ".join(sorted(active)) or "another version"
         message = (
-            f"{key} was left DEACTIVATED on the base when {active} was switched on; it is "
+            f"{key} was left DEACTIVATED on the base when {switched_on} was switched on; it is "
             "uninstalled and installed again to serve this pod"
         )
         if base.report(pod.uid, f"reinstall {key}", str(tries + 1)):

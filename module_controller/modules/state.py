@@ -284,16 +284,15 @@ class ModuleState:
             self._on_node.setdefault(pod.node_name, set()).add(pod.uid)
         return {name for name in (pod.node_name, old.node_name if old else None) if name}
 
-    def removed_by_us(self, uid: str) -> set[str]:
+    def removed_by_us(self, uid: str) -> None:
         """We deleted the pod object: gone, whatever late event comes before the watch's."""
+        self.remove_pod(uid)
         self._removed[uid] = None
         if len(self._removed) > REMOVED_REMEMBERED:
             del self._removed[next(iter(self._removed))]
-        return self.remove_pod(uid, deleted=False)
 
-    def remove_pod(self, uid: str, *, deleted: bool = True) -> set[str]:
-        if deleted:
-            self._removed.pop(uid, None)  # the watch says so: nothing more will come
+    def remove_pod(self, uid: str) -> set[str]:
+        self._removed.pop(uid, None)  # the watch says it is gone: nothing more will come
         pod = self.pods.pop(uid, None)
         if pod is None:
             return set()

@@ -313,16 +313,21 @@ async def test_a_rollouts_workload_ref_cannot_be_changed(
     ), done.stderr
 
 
-@pytest.mark.usefixtures("rollout_crd")
-async def test_putting_the_template_back_after_a_ready_beta_restores_every_base(
-    open_scene: SceneFactory, test_env: str
-) -> None:
-    scene = await open_scene()
+async def a_paused_beta_of_2_0_0(scene: Scene, test_env: str) -> None:
+    """Every base on 1.0.0, then a release of 2.0.0 paused at its one-pod beta."""
     steps = [{"replicas": 1, "pause": {}}, {"replicas": "100%"}]
     body = deployment(NAME, test_env, BASES, [(NAME, "1.0.0")], spread=True)
     await release_deployment(scene, body, steps)
     await set_template(scene, lambda t: set_modules(t, [(NAME, "2.0.0")]))
     await scene.wait_status("the beta paused", 60, phase="Paused", currentStep=0)
+
+
+@pytest.mark.usefixtures("rollout_crd")
+async def test_putting_the_template_back_after_a_ready_beta_restores_every_base(
+    open_scene: SceneFactory, test_env: str
+) -> None:
+    scene = await open_scene()
+    await a_paused_beta_of_2_0_0(scene, test_env)
     await set_template(scene, lambda t: set_modules(t, [(NAME, "1.0.0")]))
     await scene.wait_status("the release rolled back", 60, phase="RolledBack")
 
@@ -343,11 +348,7 @@ async def test_a_base_restarting_during_the_paused_beta_is_given_the_stable_vers
     open_scene: SceneFactory, test_env: str
 ) -> None:
     scene = await open_scene()
-    steps = [{"replicas": 1, "pause": {}}, {"replicas": "100%"}]
-    body = deployment(NAME, test_env, BASES, [(NAME, "1.0.0")], spread=True)
-    await release_deployment(scene, body, steps)
-    await set_template(scene, lambda t: set_modules(t, [(NAME, "2.0.0")]))
-    await scene.wait_status("the beta paused", 60, phase="Paused", currentStep=0)
+    await a_paused_beta_of_2_0_0(scene, test_env)
     [beta] = await scene.pods_of("2.0.0")
     base = next(b for b in scene.bases if f"virtual-node-{b.identity}" != beta.spec.node_name)
     node = f"virtual-node-{base.identity}"

@@ -342,3 +342,16 @@ def partition(member_lease: str) -> Hook:
             raise ApiException(status=503, reason="partitioned")
 
     return before
+
+
+async def one_held_base(
+    api: client.ApiClient, leases: FakeLeases
+) -> tuple[Replica, str, dict[str, str]]:
+    """replica-a, alone, holding one base: (replica, node name, {node name: identity})."""
+    a = Replica("replica-a", leases, api)
+    [name] = bases_for("replica-a", ("replica-a",), 1)
+    bases = {name: name.removeprefix("virtual-node-")}
+    leases.put_node_lease(name, "replica-a")
+    await a.round(bases)
+    assert a.ownership.holds(name)
+    return a, name, bases

@@ -22,6 +22,7 @@ from tests.unit.shards_support import (
     ShardedWired,
     a_node_syncer,
     bases_for,
+    one_held_base,
     partition,
 )
 from tests.unit.wiring_support import (
@@ -39,12 +40,7 @@ async def test_after_being_fenced_nothing_is_held_until_the_leases_are_listed_ag
 ) -> None:
     """A partition: renewals fail, the replica stops acting; meanwhile another replica took
     its base, and this one heard nothing of it. Back, it must not believe its old table."""
-    a = Replica("replica-a", leases, api)
-    [name] = bases_for("replica-a", ("replica-a",), 1)
-    bases = {name: name.removeprefix("virtual-node-")}
-    leases.put_node_lease(name, "replica-a")
-    await a.round(bases)
-    assert a.ownership.holds(name)
+    a, name, bases = await one_held_base(api, leases)
     renew = leases.before
     a.fail_renewals()
     for _ in range(int(a.settings.replica_renew_deadline_seconds)):

@@ -31,6 +31,7 @@ from tests.unit.shards_support import (
     ShardedWired,
     bases_for,
     node,
+    one_held_base,
 )
 from tests.unit.wiring_support import (
     IDENTITY,
@@ -214,12 +215,7 @@ async def test_a_replica_frozen_past_its_deadline_reads_the_leases_again_before_
     until then (the membership's list call, then the relist, both awaited) every part that
     asks `holds()` (module sync workers, lease renewals, polls, the dispatcher) acts on
     the table of before the freeze, for a base another replica took over meanwhile."""
-    a = Replica("replica-a", leases, api)
-    [name] = bases_for("replica-a", ("replica-a",), 1)
-    bases = {name: name.removeprefix("virtual-node-")}
-    leases.put_node_lease(name, "replica-a")
-    await a.round(bases)
-    assert a.ownership.holds(name)
+    a, name, bases = await one_held_base(api, leases)
     a.clock.now += 60  # frozen for a minute: no round ran
     leases.put_node_lease(name, "replica-b")  # taken over meanwhile
     await a.membership.round()  # the first thing it does when it resumes
