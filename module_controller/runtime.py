@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, cast
 
 from kubernetes_asyncio import client
@@ -38,7 +38,7 @@ from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.shards.membership import Membership
 from module_controller.shards.ownership import Ownership
-from module_controller.tasks import cancel_and_wait
+from module_controller.tasks import cancel_and_wait, run_every
 from module_controller.tunnels.arklet_http import ArkletHttpClient
 from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.tunnels.http_server import HttpTunnelServer
@@ -197,20 +197,18 @@ class Runtime:
         if self.http_server is not None:
             await self.http_server.start()
             self.health.set("http", True, f"listening on port {self.http_server.port}")
-        self._spawn(self._every(TICK_SECONDS, self._tick), "liveness")
+        self._spawn(run_every(TICK_SECONDS, self._tick), "liveness")
         # Membership renewals in a task of their own: a long round of claims must not delay
         # them past the renew deadline (the replica would fence itself).
         retry = self.settings.replica_retry_seconds
-        self._spawn(self._every(retry, self._membership), "membership")
-        self._spawn(self._every(retry, self._ownership), "ownership")
+        self._spawn(run_every(retry, self._membership), "membership")
+        self._spawn(run_every(retry, self._ownership), "ownership")
         self._spawn(
-            self._every(self.settings.inventory_poll_seconds, self._poll_inventories),
+            run_every(self.settings.inventory_poll_seconds, self._poll_inventories),
             "inventories",
         )
-        self._spawn(
-            self._every(self.settings.lease_renew_seconds, self.nodes.renew_leases), "leases"
-        )
-        self._spawn(self._every(self.settings.health_poll_seconds, self._poll_health), "health")
+        self._spawn(run_every(self.settings.lease_renew_seconds, self.nodes.renew_leases), "leases")
+        self._spawn(run_every(self.settings.health_poll_seconds, self._poll_health), "health")
 
     async def stop(self) -> None:
         """Stop the feeds first, then what they feed, so nothing is left half-done."""
@@ -265,21 +263,6 @@ class Runtime:
             if self._stop_flag is not None:
                 self._stop_flag.set()
             raise
-
-    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
-        """Run `work` every `seconds`; one failure is logged and does not end the loop."""
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await work()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception(
-                    "Periodic task %s failed; it runs again in %.0fs.",
-                    getattr(work, "__name__", work),
-                    seconds,
-                )
 
     # --- the periodic work ------------------------------------------------------------------
 
