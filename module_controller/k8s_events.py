@@ -30,6 +30,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kube import call_for_json
 from module_controller.lograte import RateLimitedLog
 from module_controller.observability.metrics import Metrics
 
@@ -168,6 +169,7 @@ class EventRecorder:
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        self._api = api
         self._core = client.CoreV1Api(api)
         self._queue: asyncio.Queue[_Key] = asyncio.Queue(maxsize=queue_size)
         self._aggregate_seconds = aggregate_seconds
@@ -283,7 +285,9 @@ class EventRecorder:
         count = previous.count + repeats
         body = {"count": count, "lastTimestamp": _timestamp(self._now())}
         try:
-            await self._core.patch_namespaced_event(
+            await call_for_json(
+                self._api,
+                self._core.patch_namespaced_event,
                 previous.name,
                 previous.namespace,
                 body,
@@ -308,8 +312,12 @@ class EventRecorder:
         body: Any = event_manifest(  # the client sends a dict as it is
             key, name=name, count=count, first=stamp, last=stamp, instance=self._instance
         )
-        await self._core.create_namespaced_event(
-            namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        await call_for_json(
+            self._api,
+            self._core.create_namespaced_event,
+            namespace,
+            body,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
         )
         self.posted += 1
         self._posted[key] = _Posted(name, namespace, count, stamp, self._clock())

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kube import call_for_json
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.shards.gate import OwnerGate, SoleOwner
@@ -149,7 +150,7 @@ class NodeSyncer:
         desired = node_manifest(record, self.settings, self.transitions.get(name))
         if applied is None:
             try:
-                created = await self.core.create_node(as_body(desired))
+                created = await call_for_json(self.api, self.core.create_node, as_body(desired))
             except ApiException as error:
                 if error.status != 409:
                     raise
@@ -160,16 +161,18 @@ class NodeSyncer:
                     return  # made by another replica: its Lease says whose it is
                 desired = node_manifest(record, self.settings, self.transitions.get(name))
             else:
-                self.existing[name] = AppliedNode.of(created.metadata.uid, desired)
+                self.existing[name] = AppliedNode.of(created["metadata"]["uid"], desired)
                 self.transitions[name] = transitions_of(desired)
                 log.info("Created node %s for base %s.", name, record.identity)
-                await self._renew_lease(name)
+                await self._renew_lease(name, node_created=True)
                 return
         try:
             if applied.metadata != metadata_fingerprint(desired):
                 await self._patch_metadata(name, desired)
             if applied.status != status_fingerprint(desired):
-                await self.core.patch_node_status(name, status_patch(desired))
+                await call_for_json(
+                    self.api, self.core.patch_node_status, name, status_patch(desired)
+                )
                 ready = desired["status"]["conditions"][0]
                 log.info("Updated node %s: Ready=%s (%s).", name, ready["status"], ready["reason"])
         except ApiException as error:
@@ -252,10 +255,14 @@ class NodeSyncer:
             },
         }
 
-    async def _renew_lease(self, name: str) -> None:
+    async def _renew_lease(self, name: str, *, node_created: bool = False) -> None:
         if name not in self.existing:
             return
         async with self._lease_limit:
+            # A node this replica has just created has no Lease yet, unless one outlived an
+            # earlier node of that name: create first, and renew only if that is refused.
+            if node_created and await self._create_lease(name):
+                return
             # Renewed only while still ours: a test-and-set, so a replica that lost the
             # base (taken over while it was partitioned) can never take it back by renewing.
             renewal = [
@@ -273,24 +280,39 @@ class NodeSyncer:
                     raise
                 if name not in self.existing:  # the node was deleted meanwhile: no lease
                     return
-                try:
-                    created = await self.coordination.create_namespaced_lease(
-                        LEASE_NAMESPACE, as_body(self._lease_body(name))
-                    )
-                except ApiException as error:
-                    # The periodic renewal and the one after creating the node both found
-                    # no lease: whichever created it second finds it fresh, not failed.
-                    if error.status != 409:
-                        raise
-                else:
-                    await self.owner.lease_written(name, created)
+                await self._create_lease(name)
             else:
                 await self.owner.lease_written(name, renewed)
 
-    async def _patch_lease(self, name: str, namespace: str, operations: list[Any]) -> Any:
-        # Typed Any: the client's stubs leave out `_content_type`, which it does take.
-        patch: Any = self.coordination.patch_namespaced_lease
-        return await patch(name, namespace, operations, _content_type="application/json-patch+json")
+    async def _create_lease(self, name: str) -> bool:
+        """Create the node's Lease, held by this replica; False if one exists already."""
+        try:
+            created = await call_for_json(
+                self.api,
+                self.coordination.create_namespaced_lease,
+                LEASE_NAMESPACE,
+                as_body(self._lease_body(name)),
+            )
+        except ApiException as error:
+            # The periodic renewal and the one after creating the node both found no
+            # lease: whichever created it second finds it there, not failed.
+            if error.status != 409:
+                raise
+            return False
+        await self.owner.lease_written(name, created)
+        return True
+
+    async def _patch_lease(
+        self, name: str, namespace: str, operations: list[Any]
+    ) -> dict[str, Any]:
+        return await call_for_json(
+            self.api,
+            self.coordination.patch_namespaced_lease,
+            name,
+            namespace,
+            operations,
+            _content_type="application/json-patch+json",
+        )
 
     async def renew_leases(self) -> None:
         """Renew the Lease of every node whose base is known; failures are logged, not fatal."""

@@ -27,6 +27,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.k8s_events import EventRecorder, EventType, ObjectRef
+from module_controller.kube import call_for_json
 from module_controller.modules import reasons
 from module_controller.modules.planner import PlanContext, plan_base
 from module_controller.modules.state import ModulePod, ModuleState, OperationOutcome
@@ -386,15 +387,18 @@ class ModuleSync:
     async def _write_status(self, pod: ModulePod, status: dict[str, Any]) -> None:
         self.metrics.record_pod_status_write()
         try:
-            answer = await self.core.patch_namespaced_pod_status(
-                pod.name, pod.namespace, {"status": status}
+            body = await call_for_json(
+                self.api,
+                self.core.patch_namespaced_pod_status,
+                pod.name,
+                pod.namespace,
+                {"status": status},
             )
         except ApiException as error:
             if error.status == 404:
                 return  # deleted meanwhile
             self.metrics.record_api_error("pods/status", error.status)
             raise
-        body: dict[str, Any] = self.api.sanitize_for_serialization(answer)
         self.state.record_written_status(pod.uid, body)
         log.info(
             "Pod %s is %s (%s).",

@@ -8,7 +8,6 @@ retries the whole decision, which is level-based.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kube import read_json
 from module_controller.rollouts.actions import (
     Action,
     CreateReplicaSet,
@@ -37,18 +37,8 @@ JSON_PATCH = "application/json-patch+json"
 
 
 async def _json(call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-    """Call a client method and return the answer's JSON, raising ApiException on an
-    error status as the client does when it parses the answer itself."""
-    response = await call(*args, _preload_content=False, **kwargs)
-    try:
-        body = await response.read()
-        if not 200 <= response.status <= 299:
-            error = ApiException(status=response.status, reason=response.reason)
-            error.body = body.decode(errors="replace")
-            raise error
-        return json.loads(body) if body else None
-    finally:
-        response.release()
+    """Call a client method and return the answer's JSON (kube.read_json)."""
+    return await read_json(await call(*args, _preload_content=False, **kwargs))
 
 
 def _missing(error: ApiException) -> bool:

@@ -146,7 +146,7 @@ class FakeLeases:
             raise ApiException(status=404)
         return lease_model(body)
 
-    async def create_namespaced_lease(self, namespace: str, body: dict[str, Any]) -> Any:
+    async def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> Any:
         name = body["metadata"]["name"]
         if self.before is not None:
             self.before("create", namespace, name, body)
@@ -314,7 +314,7 @@ class ShardedWired:
         # Creating a node takes a round trip, as on a real API server.
         create_node = self.wired.cluster.create_node
 
-        async def slow_create_node(body: dict[str, Any]) -> Any:
+        async def slow_create_node(body: dict[str, Any], **_: Any) -> Any:
             await asyncio.sleep(0.02)
             return await create_node(body)
 

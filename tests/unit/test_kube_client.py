@@ -1,4 +1,5 @@
-"""The operator's API client gives up on a server that never answers."""
+"""The operator's API client gives up on a server that never answers, and does not look
+for a proxy on every request when none is configured."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import client as aiohttp_client
+from aiohttp import web
 from kubernetes_asyncio import client
 
-from module_controller.kube import with_request_timeout
+from module_controller.kube import PROXY_VARIABLES, with_request_timeout, without_env_lookups
 
 
 async def test_a_request_to_a_silent_server_ends_at_the_deadline() -> None:
@@ -33,3 +36,55 @@ async def test_a_request_to_a_silent_server_ends_at_the_deadline() -> None:
         server.close()
         await server.wait_closed()
     assert time.monotonic() - began < 5
+
+
+async def _list_nodes_counting_env_lookups(monkeypatch: pytest.MonkeyPatch) -> int:
+    """List nodes from a local server with the operator's client; how often aiohttp looked
+    for a proxy in the environment meanwhile."""
+    lookups = 0
+    look_up = aiohttp_client.get_env_proxy_for_url
+
+    def counted(url: object) -> object:
+        nonlocal lookups
+        lookups += 1
+        return look_up(url)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aiohttp_client, "get_env_proxy_for_url", counted)
+
+    async def nodes(_: web.Request) -> web.Response:
+        return web.json_response({"kind": "NodeList", "apiVersion": "v1", "items": []})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/nodes", nodes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    api = without_env_lookups(
+        client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
+    )
+    try:
+        for _ in range(3):
+            await client.CoreV1Api(api).list_node()
+    finally:
+        await api.close()
+        await runner.cleanup()
+    return lookups
+
+
+async def test_requests_skip_the_environment_lookups_when_no_proxy_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert await _list_nodes_counting_env_lookups(monkeypatch) == 0
+
+
+async def test_a_proxy_in_the_environment_is_still_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the test speaks http
+    assert await _list_nodes_counting_env_lookups(monkeypatch) == 3

@@ -84,7 +84,9 @@ async def test_with_the_proxy_on_nodes_show_its_address_and_module_pods_their_ba
         statuses: list[dict[str, Any]] = []
         patch = wired.cluster.patch_namespaced_pod_status
 
-        async def recording(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        async def recording(
+            name: str, namespace: str, body: dict[str, Any], **_: Any
+        ) -> dict[str, Any]:
             statuses.append(body["status"])
             return await patch(name, namespace, body)
 

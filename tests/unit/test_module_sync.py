@@ -50,7 +50,7 @@ class Calls:
 
     # The API server (CoreV1Api), answering as kubernetes-asyncio renders times: +00:00.
     async def patch_namespaced_pod_status(
-        self, name: str, namespace: str, body: dict[str, Any]
+        self, name: str, namespace: str, body: dict[str, Any], **_: Any
     ) -> dict[str, Any]:
         self.log.append(("patch", name, body["status"]))
         status = copy.deepcopy(body["status"])
@@ -257,7 +257,7 @@ async def test_base_gone_leaves_the_pods_of_a_base_heard_again_while_it_marks_th
     record = scene.registry.bases.pop(IDENTITY)
     patch = scene.calls.patch_namespaced_pod_status
 
-    async def heard_again_during_the_write(name: str, namespace: str, body: Any) -> Any:
+    async def heard_again_during_the_write(name: str, namespace: str, body: Any, **_: Any) -> Any:
         scene.registry.bases[IDENTITY] = record  # a heartbeat arrived meanwhile
         return await patch(name, namespace, body)
 

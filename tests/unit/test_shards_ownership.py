@@ -330,7 +330,7 @@ async def test_a_node_sync_in_flight_during_the_settle_neither_renews_nor_takes_
     release = asyncio.Event()
     patch_status = cluster.patch_node_status
 
-    async def slow_patch_node_status(node: str, body: Any) -> None:
+    async def slow_patch_node_status(node: str, body: Any, **_: Any) -> None:
         in_patch.set()
         await release.wait()
         await patch_status(node, body)

@@ -305,7 +305,7 @@ async def test_a_node_create_that_conflicts_then_reads_404_is_tried_again(
     registry.adopt("base-x", beat.status, "virtual-node-base-x")
     name = "virtual-node-base-x"
 
-    async def create_conflict(body: dict[str, Any]) -> Any:
+    async def create_conflict(body: dict[str, Any], **_: Any) -> Any:
         raise ApiException(status=409)  # an old node, being deleted
 
     async def read_gone(node: str) -> dict[str, Any]:

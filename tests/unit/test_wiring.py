@@ -35,7 +35,16 @@ async def test_a_heartbeat_becomes_a_node_with_its_lease_and_an_inventory_query(
     await wired.until_logged(("create node", node), ("create lease", node))
     await wired.until_logged(("query inventory", IDENTITY))
     assert wired.position(("create node", node)) < wired.position(("create lease", node))
+    assert wired.cluster.lease_misses == 0  # a new node's Lease is created, not renewed first
     assert (node, "BaseOnline") in wired.recorder.recorded
+
+
+async def test_a_lease_left_by_an_earlier_node_of_that_name_is_renewed(wired: Wired) -> None:
+    node = wired.registry.node_name_for(IDENTITY)
+    wired.cluster.leases.add(node)  # the earlier node's Lease, not yet garbage-collected
+    await wired.say(heartbeat())
+    await wired.until_logged(("create node", node), ("renew lease", node))
+    assert ("create lease", node) not in wired.log
 
 
 async def test_a_module_pod_is_installed_then_shown_ready_once_its_base_reports_it(

@@ -187,7 +187,9 @@ async def test_the_inventory_query_after_an_answer_does_not_wait_for_a_busy_work
     patching = asyncio.Event()
     patch = wired.cluster.patch_namespaced_pod_status
 
-    async def slow_patch(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def slow_patch(
+        name: str, namespace: str, body: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
         patching.set()
         await release.wait()
         return await patch(name, namespace, body)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -52,14 +51,15 @@ class FakeCluster:
         self.log = log
         self.nodes: dict[str, dict[str, Any]] = {}
         self.leases: set[str] = set()
+        self.lease_misses = 0  # renewals of a Lease that is not there (answered 404)
 
-    async def create_node(self, body: dict[str, Any]) -> Any:
+    async def create_node(self, body: dict[str, Any], **_: Any) -> Any:
         name = body["metadata"]["name"]
         self.log.append(("create node", name))
         self.nodes[name] = body
-        return SimpleNamespace(metadata=SimpleNamespace(uid=f"uid-{name}"))
+        return {"metadata": {"name": name, "uid": f"uid-{name}"}}
 
-    async def patch_node_status(self, name: str, body: dict[str, Any]) -> None:
+    async def patch_node_status(self, name: str, body: dict[str, Any], **_: Any) -> None:
         ready = body["status"]["conditions"][0]["status"]
         self.log.append(("node status", f"{name} Ready={ready}"))
 
@@ -75,10 +75,13 @@ class FakeCluster:
 
     async def patch_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         if name not in self.leases:
+            self.lease_misses += 1
             raise ApiException(status=404)
         self.log.append(("renew lease", name))
 
-    async def create_namespaced_lease(self, namespace: str, body: dict[str, Any]) -> None:
+    async def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> None:
+        if body["metadata"]["name"] in self.leases:
+            raise ApiException(status=409)
         self.leases.add(body["metadata"]["name"])
         self.log.append(("create lease", body["metadata"]["name"]))
 
@@ -86,7 +89,7 @@ class FakeCluster:
         self.leases.discard(name)
 
     async def patch_namespaced_pod_status(
-        self, name: str, namespace: str, body: dict[str, Any]
+        self, name: str, namespace: str, body: dict[str, Any], **_: Any
     ) -> dict[str, Any]:
         ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
         self.log.append(("pod status", f"{name} Ready={ready['status']}"))
