@@ -26,6 +26,7 @@ from kubernetes_asyncio import client
 from module_controller.dispatcher import Dispatcher
 from module_controller.inbox import Inbox, OwnershipChanged, Tick
 from module_controller.k8s_events import EventRecorder
+from module_controller.kube_watch import ListWatch
 from module_controller.kubelet_proxy.address import resolve_proxy_address
 from module_controller.kubelet_proxy.server import KubeletProxy
 from module_controller.modules.baseline import BaselineAnswers, deployment_lister
@@ -37,14 +38,14 @@ from module_controller.observability.server import HealthChecks
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.shards.membership import Membership
-from module_controller.shards.ownership import Ownership
+from module_controller.shards.ownership import Ownership, node_lease_selector
 from module_controller.tasks import cancel_and_wait, run_every
 from module_controller.tunnels.arklet_http import ArkletHttpClient
 from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.tunnels.http_server import HttpTunnelServer
 from module_controller.tunnels.mqtt import MqttTunnel
 from module_controller.tunnels.router import TunnelRouter
-from module_controller.vnode_manifest import node_selector
+from module_controller.vnode_manifest import LEASE_NAMESPACE, node_selector
 from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,16 @@ class Runtime:
             api,
             changed=lambda names: inbox.put(OwnershipChanged(tuple(names))),
             settle=self._settle,
+        )
+        # Who holds each node Lease: a plain JSON watch, not Kopf's (kube_watch.py says why).
+        self.node_leases = ListWatch(
+            api,
+            client.CoordinationV1Api(api).list_namespaced_lease,
+            LEASE_NAMESPACE,
+            label_selector=node_lease_selector(settings.env),
+            seen=self.ownership.lease_seen,
+            gone=self.ownership.lease_gone,
+            what="node Leases",
         )
         self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
@@ -188,6 +199,7 @@ class Runtime:
         await self._list_module_pods()
         self.module_sync.start()
         self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
+        self._spawn(self.node_leases.run(), "node-leases")
         if self.mqtt is not None:
             self._spawn(self.mqtt.run(), "mqtt-tunnel")
         if self.peers is not None:

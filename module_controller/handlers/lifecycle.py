@@ -28,7 +28,6 @@ from module_controller.observability.server import HealthChecks
 from module_controller.operator_memo import OperatorMemo, operator_memo
 from module_controller.runtime import Runtime, health_check_names
 from module_controller.settings import SettingsError, load_settings
-from module_controller.shards.ownership import node_lease_selector
 from module_controller.vnode_manifest import node_selector
 
 log = logging.getLogger(__name__)
@@ -58,9 +57,6 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.watching.label_selectors["v1", "pods"] = ours.module_selector
     # Only peer Deployments reach the operator (handlers/peer.py), whether that is on or not.
     settings.watching.label_selectors["apps", "deployments"] = PEER_SELECTOR
-    # Only this env's node Leases: who owns each base (handlers/leases.py).
-    leases = node_lease_selector(ours.env)
-    settings.watching.label_selectors["coordination.k8s.io", "leases"] = leases
     # Nodes and pods are core, cluster-wide resources: nothing to discover, so no need
     # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
     settings.scanning.disabled = True
