@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from typing import Any
@@ -139,6 +140,49 @@ async def test_pods_leave_ready_before_commands_and_before_new_pods_enter(scene:
     assert scene.calls.kinds() == [("patch", "old"), ("uninstall", "biz1:1"), ("patch", "new")]
     assert condition(scene.calls.log[0][2])["status"] == "False"
     assert condition(scene.calls.log[2][2])["status"] == "True"
+
+
+async def test_the_writes_of_one_phase_go_out_together_and_phases_stay_in_order(
+    scene: Scene,
+) -> None:
+    """Four pods going Ready on one base are written at once, not one round trip after
+    the other; still, every NotReady write ends before the uninstall, and the uninstall
+    goes before any Ready write."""
+    in_flight = peak = 0
+    patch = scene.calls.patch_namespaced_pod_status
+
+    async def slow_patch(name: str, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return await patch(name, namespace, body)
+
+    scene.calls.patch_namespaced_pod_status = slow_patch  # type: ignore[method-assign]
+    for name in ("old1", "old2"):
+        scene.add(pod(name, [(name, "1")], deleting=True, deletion_seen_at=999, ready=True))
+    for name in ("a", "b", "c", "d"):
+        scene.add(pod(name, [(name, "1")], NEWER))
+    scene.state.set_inventory(
+        IDENTITY,
+        simple(
+            ("old1:1", BizState.ACTIVATED),
+            ("old2:1", BizState.ACTIVATED),
+            *((f"{name}:1", BizState.ACTIVATED) for name in ("a", "b", "c", "d")),
+        ),
+    )
+    await scene.sync.sync_base(IDENTITY)
+    kinds = scene.calls.kinds()
+    first_uninstall = kinds.index(("uninstall", "old1:1"))
+    assert {what for _, what in kinds[:first_uninstall]} == {"old1", "old2"}
+    assert {what for kind, what in kinds[first_uninstall:] if kind == "patch"} == {
+        "a",
+        "b",
+        "c",
+        "d",
+    }
+    assert peak >= 4  # the four Ready writes were in flight together
 
 
 async def test_at_rest_nothing_is_patched_and_writes_and_installs_are_counted(
