@@ -66,3 +66,17 @@ def test_under_kopf_run_our_memo_lives_inside_kopfs_and_is_shared_by_its_copies(
     assert operator_memo(per_object) is ours
     typed = OperatorMemo()
     assert operator_memo(typed) is typed
+
+
+def test_no_handler_wants_the_diff_base_the_operator_does_not_keep() -> None:
+    """lifecycle.NoDiffBase keeps no diff base: right only while every handler is an
+    on.event one (an on.update, on.field, timer or daemon would see wrong diffs)."""
+    import module_controller.handlers  # noqa: F401  (registers every handler)
+    from module_controller.handlers.lifecycle import NoDiffBase
+
+    registry = kopf.get_default_registry()
+    assert registry._changing.get_all_handlers() == []
+    assert registry._spawning.get_all_handlers() == []
+    assert len(registry._watching.get_all_handlers()) >= 2  # the module pods, the nodes
+    body = body_of({"metadata": {"name": "p"}, "spec": {"x": 1}, "status": {"y": 2}})
+    assert NoDiffBase().build(body=body) == {} and NoDiffBase().fetch(body=body) is None
