@@ -10,7 +10,9 @@ then:
    - install answered -> Ready: from the base receiving installBiz (it answers at once) to
      the watch seeing the pod Ready;
 2. updates one Deployment of N replicas (image + BIZ_VERSION) and prints the wall time until
-   all N new pods are Ready and every old one is gone.
+   all N new pods are Ready and every old one is gone;
+3. counts the Kubernetes Events of it all (the module pods' namespace, and the nodes'), by
+   who posted them and why.
 
     .venv/bin/python -m benchmarks.module_scale [--bases 100] [--deployments 10]
 """
@@ -24,6 +26,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from kubernetes_asyncio import client, config, watch
@@ -48,6 +51,28 @@ def summary(name: str, values: list[float]) -> str:
         f"{name}: n={len(values)} p50={statistics.median(values) * 1000:.0f} ms "
         f"p99={percentile(values, 0.99) * 1000:.0f} ms max={max(values) * 1000:.0f} ms"
     )
+
+
+async def events_report(core: client.CoreV1Api, namespaces: list[str]) -> str:
+    """Kubernetes Events in `namespaces`: objects, and by who posted them and why."""
+    lines = []
+    for namespace in namespaces:
+        listed = (await core.list_namespaced_event(namespace)).items
+        by_source: Counter[str] = Counter()
+        by_reason: Counter[tuple[str, str]] = Counter()
+        for event in listed:
+            source = event.reporting_component or (event.source and event.source.component) or "?"
+            by_source[source] += 1
+            by_reason[source, event.reason or "?"] += 1
+        repeats = sum((event.count or 1) for event in listed)
+        lines.append(
+            f"Events in {namespace}: {len(listed)} objects ({repeats} with their repeat counts); "
+            + ", ".join(f"{source} {n}" for source, n in by_source.most_common())
+        )
+        lines.extend(
+            f"  {source} {reason}: {n}" for (source, reason), n in by_reason.most_common(12)
+        )
+    return "\n".join(lines)
 
 
 class PodWatch:
@@ -165,6 +190,8 @@ async def main(bases_count: int, deployments: int) -> None:
             f"{time.monotonic() - began:.1f}s"
         )
         watcher.cancel()
+        await asyncio.sleep(3)  # the operator posts Events in the background
+        print(await events_report(core, ["bench", "default"]))
     finally:
         operator.stop(OPERATOR_STOP_GRACE_SECONDS)
         await fleet.stop()

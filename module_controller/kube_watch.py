@@ -1,14 +1,15 @@
 """A list-then-watch of one kind of object, read as plain JSON: for the high-volume watches.
 
-Kopf handles every event with its full machinery (causes, a deep-copied diff base, handler
-kwargs, logging context): about a millisecond each. That is fine for module pods, but node
-Leases change every renewal — 50 events a second at 500 bases, on every replica — and only
-their holder matters. `ListWatch` lists, then watches from the list's resourceVersion, and
-calls `seen(name, object)` / `gone(name)`; each event costs one `json.loads`.
+Kopf handles every event with its full machinery (a task and a queue per object, causes,
+handler kwargs, logging context), which is most of a replica's CPU during a release: every
+replica sees every module pod's events and every node Lease renewal (50 a second at 500
+bases), and acts on a third of them. `ListWatch` lists, then watches from the list's
+resourceVersion, and calls `seen(body)` / `gone(body)`; each event costs one `json.loads`.
 
 A watch the server ends (its timeout) goes on from the last version seen; a version that is
 gone (410) or any error lists again, after a growing pause on errors, and reports as gone
-what the new list no longer holds, so nothing is missed or left stale.
+what the new list no longer holds (with the metadata last seen: name, namespace, uid,
+labels), so nothing is missed or left stale.
 """
 
 from __future__ import annotations
@@ -32,8 +33,19 @@ CLIENT_GRACE_SECONDS = 30
 RETRY_INITIAL_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
 
-Seen = Callable[[str, Mapping[str, Any]], Awaitable[None]]
-Gone = Callable[[str], Awaitable[None]]
+Report = Callable[[Mapping[str, Any]], Awaitable[None]]
+# What is kept of each object between lists, to report it gone: enough to find it again.
+KEPT_METADATA = ("name", "namespace", "uid", "labels")
+
+
+def key_of(body: Mapping[str, Any]) -> str:
+    metadata = body.get("metadata") or {}
+    return f"{metadata.get('namespace') or ''}/{metadata.get('name') or ''}"
+
+
+def kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = body.get("metadata") or {}
+    return {"metadata": {field: metadata[field] for field in KEPT_METADATA if field in metadata}}
 
 
 class Expired(Exception):
@@ -47,8 +59,8 @@ class ListWatch:
         listing: Callable[..., Awaitable[Any]],
         *args: Any,
         label_selector: str,
-        seen: Seen,
-        gone: Gone,
+        seen: Report,
+        gone: Report,
         what: str,
     ) -> None:
         self._api = api
@@ -58,7 +70,7 @@ class ListWatch:
         self._seen = seen
         self._gone = gone
         self._what = what
-        self._known: set[str] = set()
+        self._known: dict[str, dict[str, Any]] = {}
         self.listed = asyncio.Event()  # set once the first list is reported
 
     async def run(self) -> None:
@@ -84,14 +96,13 @@ class ListWatch:
         listed = await call_for_json(
             self._api, self._listing, *self._args, label_selector=self._selector
         )
-        names = set()
+        known = {}
         for item in listed.get("items") or []:
-            name = item["metadata"]["name"]
-            names.add(name)
-            await self._seen(name, item)
-        for name in self._known - names:
-            await self._gone(name)
-        self._known = names
+            known[key_of(item)] = kept(item)
+            await self._seen(item)
+        for key in self._known.keys() - known.keys():
+            await self._gone(self._known[key])
+        self._known = known
         self.listed.set()
         return str(listed["metadata"]["resourceVersion"])
 
@@ -123,13 +134,12 @@ class ListWatch:
             raise RuntimeError(f"the API server said {body.get('message') or body}")
         metadata = body.get("metadata") or {}
         version = str(metadata.get("resourceVersion") or version)
-        name = metadata.get("name")
-        if kind == "BOOKMARK" or not name:
+        if kind == "BOOKMARK" or not metadata.get("name"):
             return version
         if kind == "DELETED":
-            self._known.discard(name)
-            await self._gone(name)
+            self._known.pop(key_of(body), None)
+            await self._gone(body)
         else:
-            self._known.add(name)
-            await self._seen(name, body)
+            self._known[key_of(body)] = kept(body)
+            await self._seen(body)
         return version

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, cast
 
 from kubernetes_asyncio import client
 
 from module_controller.dispatcher import Dispatcher
-from module_controller.inbox import Inbox, OwnershipChanged, Tick
+from module_controller.inbox import Inbox, ModulePodChanged, OwnershipChanged, Tick
 from module_controller.k8s_events import EventRecorder
 from module_controller.kube_watch import ListWatch
 from module_controller.kubelet_proxy.address import resolve_proxy_address
@@ -99,6 +99,16 @@ class Runtime:
             seen=self.ownership.lease_seen,
             gone=self.ownership.lease_gone,
             what="node Leases",
+        )
+        # Module pods, the same way: into the inbox, and to whoever listens (the rollouts).
+        self.pod_listeners: list[Callable[[Mapping[str, Any]], None]] = []
+        self.module_pods = ListWatch(
+            api,
+            client.CoreV1Api(api).list_pod_for_all_namespaces,
+            label_selector=settings.module_selector,
+            seen=lambda body: self._module_pod("MODIFIED", body),
+            gone=lambda body: self._module_pod("DELETED", body),
+            what="module pods",
         )
         self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
@@ -200,6 +210,7 @@ class Runtime:
         self.module_sync.start()
         self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
         self._spawn(self.node_leases.run(), "node-leases")
+        self._spawn(self.module_pods.run(), "module-pods")
         if self.mqtt is not None:
             self._spawn(self.mqtt.run(), "mqtt-tunnel")
         if self.peers is not None:
@@ -244,6 +255,11 @@ class Runtime:
         except Exception as error:  # the others take over when the Leases run out
             log.warning("Could not give this replica's Leases up: %s", error)
         await self.events.stop()
+
+    async def _module_pod(self, type: str, body: Mapping[str, Any]) -> None:
+        await self.inbox.put(ModulePodChanged(type, dict(body)))
+        for listener in self.pod_listeners:
+            listener(body)
 
     async def _list_module_pods(self) -> None:
         """Know every module pod before judging any module an orphan."""

@@ -4,7 +4,7 @@
 as `module-controller run` does.
 """
 
-from module_controller.handlers import lifecycle, nodes, peer, pods
+from module_controller.handlers import lifecycle, nodes, peer
 from module_controller.handlers import rollouts as rollouts  # after lifecycle: needs its runtime
 
-__all__ = ["lifecycle", "nodes", "peer", "pods"]
+__all__ = ["lifecycle", "nodes", "peer"]

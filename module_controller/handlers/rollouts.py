@@ -1,10 +1,10 @@
 """ModuleRollouts (module_controller/rollouts/): the watches that feed the rollout controller.
 
-Only `on.event` handlers, which write nothing onto the objects they see: ModuleRollouts
-(ours, but a finalizer would hold `kubectl delete` while the operator is down; a deleted
-rollout's Deployment is given back by the controller's poll instead) and module pods
-(the operator's one pod watch, filtered on the server at start-up). Deployments and
-ReplicaSets are read by the controller itself, never watched through Kopf.
+An `on.event` handler, which writes nothing onto the objects it sees: ModuleRollouts (ours,
+but a finalizer would hold `kubectl delete` while the operator is down; a deleted
+rollout's Deployment is given back by the controller's poll instead). Module pods come
+from the runtime's one pod watch (`Runtime.pod_listeners`). Deployments and ReplicaSets
+are read by the controller itself, never watched through Kopf.
 
 The controller starts after the runtime (this module registers after handlers/lifecycle.py)
 and runs on its API client, Event recorder and metrics registry; with several replicas,
@@ -57,6 +57,7 @@ def start_controller(ours: OperatorMemo) -> RolloutController | None:
         owns=owner_check(runtime.membership),
     )
     controller.start()
+    runtime.pod_listeners.append(controller.pod_event)
     ours.rollouts = controller
     return controller
 
@@ -71,6 +72,8 @@ async def stop_rollouts(memo: Any, **_: Any) -> None:
     ours = operator_memo(memo)
     controller, ours.rollouts = ours.rollouts, None
     if controller is not None:
+        if ours.runtime is not None and controller.pod_event in ours.runtime.pod_listeners:
+            ours.runtime.pod_listeners.remove(controller.pod_event)
         await controller.stop()
 
 
@@ -79,10 +82,3 @@ async def rollout_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) 
     controller = _controller(memo)
     if controller is not None:
         controller.rollout_event(type, body)
-
-
-@kopf.on.event("", "v1", "pods")
-async def rollout_pod_event(body: kopf.Body, memo: Any, **_: Any) -> None:
-    controller = _controller(memo)
-    if controller is not None:
-        controller.pod_event(body)

@@ -143,10 +143,11 @@ class Ownership:
 
     # --- the watch ----------------------------------------------------------------------
 
-    async def lease_seen(self, name: str, body: Mapping[str, Any]) -> None:
-        await self._learn(name, NodeLease.of(body))
+    async def lease_seen(self, body: Mapping[str, Any]) -> None:
+        await self._learn(body["metadata"]["name"], NodeLease.of(body))
 
-    async def lease_gone(self, name: str) -> None:
+    async def lease_gone(self, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
         if self._table.pop(name, None) is not None:
             await self._changed([name])  # the base's owner-to-be makes it again
 

@@ -231,7 +231,7 @@ class Replica:
         """The watch delivers the node Leases (these, or all) as they are now."""
         for (namespace, name), body in sorted(self.leases.store.items()):
             if namespace == LEASE_NAMESPACE and (not names or name in names):
-                await self.ownership.lease_seen(name, copy.deepcopy(body))
+                await self.ownership.lease_seen(copy.deepcopy(body))
 
     def fail_renewals(self) -> None:
         """This replica's membership renewals fail from now on (a partition)."""

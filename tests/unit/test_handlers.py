@@ -1,4 +1,5 @@
-"""The Kopf handlers are thin: called as plain coroutines, they only put events in the inbox."""
+"""The Kopf handlers are thin: called as plain coroutines, they only put events in the inbox.
+So does the runtime's module pod watch (kube_watch.ListWatch), and it tells its listeners."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, cast
 import kopf
 from kubernetes_asyncio import client
 
-from module_controller.handlers import nodes, pods
+from module_controller.handlers import nodes
 from module_controller.inbox import ModulePodChanged, NodeDeleted
 from module_controller.operator_memo import OperatorMemo, operator_memo
 from module_controller.runtime import Runtime
@@ -16,7 +17,6 @@ from module_controller.settings import Settings
 
 # Kopf's decorators retype the handlers for Kopf's calls; the test calls them as Kopf does.
 Handler = Callable[..., Awaitable[None]]
-module_pod_event = cast(Handler, pods.module_pod_event)
 node_event = cast(Handler, nodes.node_event)
 
 
@@ -29,17 +29,17 @@ def body_of(raw: dict[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, raw))
 
 
-async def test_a_module_pod_event_goes_into_the_inbox_and_nothing_else() -> None:
+async def test_a_module_pod_seen_or_gone_goes_into_the_inbox_and_to_the_listeners() -> None:
     async with client.ApiClient() as api:
         runtime = Runtime(Settings(), api)
-        memo = OperatorMemo(runtime=runtime)
+        heard: list[Any] = []
+        runtime.pod_listeners.append(heard.append)
         body = pod_body("module")
-        await module_pod_event(type="MODIFIED", body=body_of(body), memo=memo)
-        await module_pod_event(type="ADDED", body=body_of(pod_body("base")), memo=memo)
-        await module_pod_event(type="ADDED", body=body_of(pod_body(None)), memo=memo)
-        assert len(runtime.inbox) == 1, "only module pods reach the inbox"
-        event = runtime.inbox.get_nowait()
-        assert event == ModulePodChanged("MODIFIED", body)
+        await runtime.module_pods._seen(body)
+        await runtime.module_pods._gone(body)
+        assert runtime.inbox.get_nowait() == ModulePodChanged("MODIFIED", body)
+        assert runtime.inbox.get_nowait() == ModulePodChanged("DELETED", body)
+        assert heard == [body, body]
 
 
 async def test_only_a_deleted_node_is_news() -> None:
@@ -53,7 +53,6 @@ async def test_only_a_deleted_node_is_news() -> None:
 
 
 async def test_handlers_before_a_runtime_exists_do_nothing() -> None:
-    await module_pod_event(type="ADDED", body=body_of(pod_body("module")), memo=OperatorMemo())
     await node_event(type="DELETED", name="n", memo=OperatorMemo())
 
 
@@ -77,6 +76,20 @@ def test_no_handler_wants_the_diff_base_the_operator_does_not_keep() -> None:
     registry = kopf.get_default_registry()
     assert registry._changing.get_all_handlers() == []
     assert registry._spawning.get_all_handlers() == []
-    assert len(registry._watching.get_all_handlers()) >= 2  # the module pods, the nodes
+    assert len(registry._watching.get_all_handlers()) >= 2  # the nodes, the rollouts
     body = body_of({"metadata": {"name": "p"}, "spec": {"x": 1}, "status": {"y": 2}})
     assert NoDiffBase().build(body=body) == {} and NoDiffBase().fetch(body=body) is None
+
+
+async def test_the_rollout_controller_listens_to_the_pod_watch_while_it_runs() -> None:
+    from module_controller.handlers import rollouts
+
+    stop_rollouts = cast(Handler, rollouts.stop_rollouts)
+    async with client.ApiClient() as api:
+        runtime = Runtime(Settings(), api)
+        memo = OperatorMemo(runtime=runtime)
+        controller = rollouts.start_controller(memo)
+        assert controller is not None
+        assert runtime.pod_listeners == [controller.pod_event]
+        await stop_rollouts(memo=memo)
+        assert runtime.pod_listeners == []

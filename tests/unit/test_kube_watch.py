@@ -62,12 +62,13 @@ class Seen:
         self.log: list[tuple[str, str]] = []
         self.changed = asyncio.Event()
 
-    async def seen(self, name: str, body: Mapping[str, Any]) -> None:
-        self.log.append(("seen", f"{name}@{body['metadata']['resourceVersion']}"))
+    async def seen(self, body: Mapping[str, Any]) -> None:
+        metadata = body["metadata"]
+        self.log.append(("seen", f"{metadata['name']}@{metadata['resourceVersion']}"))
         self.changed.set()
 
-    async def gone(self, name: str) -> None:
-        self.log.append(("gone", name))
+    async def gone(self, body: Mapping[str, Any]) -> None:
+        self.log.append(("gone", body["metadata"]["name"]))
         self.changed.set()
 
     async def until(self, *entries: tuple[str, str], timeout: float = 5.0) -> None:

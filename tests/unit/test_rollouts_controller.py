@@ -275,12 +275,10 @@ async def test_the_handlers_feed_the_controller_made_at_start_up() -> None:
     start = cast(Handler, handlers.start_rollouts)
     stop = cast(Handler, handlers.stop_rollouts)
     rollout_event = cast(Handler, handlers.rollout_event)
-    pod_event = cast(Handler, handlers.rollout_pod_event)
     memo = OperatorMemo()
     await start(memo=memo)  # no runtime (start-up failed): nothing starts
     assert handlers._controller(memo) is None
     await rollout_event(type=None, body={"metadata": {"name": "x"}}, memo=memo)
-    await pod_event(body={"metadata": {}}, memo=memo)
 
     api = FakeApi(FakeCluster())
     controller, _ = controller_on(api)

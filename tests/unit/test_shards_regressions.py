@@ -93,7 +93,7 @@ async def test_a_late_watch_event_does_not_give_back_a_base_just_handed_over(
     old_event = leases.body(name)
     await a.round(bases)  # hands it over
     assert leases.holder(name) == "replica-d" and not a.ownership.holds(name)
-    await a.ownership.lease_seen(name, old_event)  # the lagging watch
+    await a.ownership.lease_seen(old_event)  # the lagging watch
     assert not a.ownership.holds(name), "holds a base the Lease gives to replica-d"
 
 
@@ -114,7 +114,7 @@ async def test_a_deleted_node_lease_is_made_again_while_the_base_beats_unchanged
     await wired.until("the node's Lease, held", lambda: sharded.ownership.holds(name))
     await sharded.settle()
     sharded.leases.store.pop((LEASE_NAMESPACE, name))
-    await sharded.ownership.lease_gone(name)  # the watch says DELETED
+    await sharded.ownership.lease_gone({"metadata": {"name": name}})  # the watch: DELETED
     for _ in range(3):  # what runs every few seconds: heartbeats, rounds, renewals, ticks
         wired.clock.now += 2
         await wired.say(heartbeat(), wired.tick())
@@ -170,7 +170,7 @@ async def test_a_taken_over_base_is_planned_from_an_inventory_read_after_the_tak
     sharded.leases.store.pop((NAMESPACE, member_lease_name(ENV, "replica-b")))
     quiet = sharded.settings.replica_lease_seconds + 1
     sharded.leases.put_node_lease(name, "replica-b", age=quiet)
-    await sharded.ownership.lease_seen(name, sharded.leases.body(name))  # the watch
+    await sharded.ownership.lease_seen(sharded.leases.body(name))  # the watch
     await sharded.replicas_round()  # claims it: OwnershipChanged
     await wired.until("the base held", lambda: sharded.ownership.holds(name))
     await wired.until_logged(("query inventory", IDENTITY))
