@@ -88,6 +88,7 @@ async def served() -> Any:
     fake = FakeServer()
     app = web.Application()
     app.router.add_get(PATH, fake.handle)
+    app.router.add_get("/api/v1/pods", fake.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -201,3 +202,54 @@ async def test_an_error_answer_lists_again_after_a_pause(
         await stop(task)
     assert not task.done() or task.cancelled()  # the failure did not end the watch
     assert fake.listed == 2
+
+
+async def test_what_went_between_two_lists_is_reported_with_what_finds_it_again(
+    served: tuple[FakeServer, client.ApiClient],
+) -> None:
+    """A module pod deleted while the watch was down: the dispatcher needs its uid, the
+    rollouts its namespace and labels; the second list no longer shows it at all."""
+    fake, api = served
+    pod = {
+        "metadata": {
+            "name": "biz1-abc",
+            "namespace": "default",
+            "uid": "u-1",
+            "labels": {"app": "biz1"},
+            "resourceVersion": "90",
+            "annotations": {"big": "x" * 100},
+        },
+        "spec": {"nodeName": "virtual-node-1"},
+    }
+    fake.lists = [[pod], []]
+    fake.watches = [[{"type": "ERROR", "object": {"kind": "Status", "code": 410}}], []]
+    gone: list[Mapping[str, Any]] = []
+    seen = Seen()
+
+    async def remember(body: Mapping[str, Any]) -> None:
+        gone.append(body)
+        await seen.gone(body)
+
+    watch = ListWatch(
+        api,
+        client.CoreV1Api(api).list_pod_for_all_namespaces,
+        label_selector="module-controller.koupleless.io/component=module",
+        seen=seen.seen,
+        gone=remember,
+        what="module pods",
+    )
+    task = asyncio.create_task(watch.run())
+    try:
+        await seen.until(("gone", "biz1-abc"))
+    finally:
+        await stop(task)
+    assert gone == [
+        {
+            "metadata": {
+                "name": "biz1-abc",
+                "namespace": "default",
+                "uid": "u-1",
+                "labels": {"app": "biz1"},
+            }
+        }
+    ]
