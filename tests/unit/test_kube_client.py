@@ -8,9 +8,10 @@ import time
 
 import aiohttp
 import pytest
-from aiohttp import client as aiohttp_client
-from aiohttp import web
+from aiohttp import BasicAuth, web
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client
+from yarl import URL
 
 from module_controller.kube import PROXY_VARIABLES, with_request_timeout, without_env_lookups
 
@@ -42,14 +43,14 @@ async def _list_nodes_counting_env_lookups(monkeypatch: pytest.MonkeyPatch) -> i
     """List nodes from a local server with the operator's client; how often aiohttp looked
     for a proxy in the environment meanwhile."""
     lookups = 0
-    look_up = aiohttp_client.get_env_proxy_for_url
 
-    def counted(url: object) -> object:
+    def counted(url: URL) -> tuple[URL, BasicAuth | None]:
         nonlocal lookups
         lookups += 1
-        return look_up(url)  # type: ignore[arg-type]
+        return get_env_proxy_for_url(url)
 
-    monkeypatch.setattr(aiohttp_client, "get_env_proxy_for_url", counted)
+    # Where the session looks it up: aiohttp.client imported it from aiohttp.helpers.
+    monkeypatch.setattr("aiohttp.client.get_env_proxy_for_url", counted)
 
     async def nodes(_: web.Request) -> web.Response:
         return web.json_response({"kind": "NodeList", "apiVersion": "v1", "items": []})
