@@ -50,6 +50,9 @@ from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
 
+# How often the module pods gauge is counted again (on the next tick after this long).
+POD_GAUGE_SECONDS = 5.0
+
 YIELD_EVERY = 100
 
 BaseAnswer = BaseHealthReport | BaseInventory | BizOperationResult | BatchInstallResult
@@ -93,6 +96,7 @@ class Dispatcher:
         self.retirements = BackgroundTasks("dispatcher")
         self._probe_denied_told = False
         self._log = RateLimitedLog(log)
+        self._pods_counted_at: float | None = None
 
     async def run(self, inbox: Inbox) -> None:
         """Apply the inbox's events in order, for ever. A bug in applying one event costs
@@ -275,7 +279,12 @@ class Dispatcher:
         self.metrics.set_bases(len(bases))
         ready = sum(1 for base in bases if base.ready)
         self.metrics.set_nodes({"ready": ready, "not_ready": len(bases) - ready})
-        self.metrics.set_module_pods(self.module_sync.pod_states())
+        now = self.module_sync.clock()
+        if self._pods_counted_at is None or now - self._pods_counted_at >= POD_GAUGE_SECONDS:
+            # A walk over every module pod: at 1,500 pods a sixth of an idle replica's CPU
+            # when done every tick; a scrape every 15 s or more sees no difference.
+            self._pods_counted_at = now
+            self.metrics.set_module_pods(self.module_sync.pod_states())
         self.metrics.set_mass_silence(self.registry.mass_silence)
 
     def _judge_broker(self, tick: Tick) -> None:

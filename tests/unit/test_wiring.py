@@ -9,6 +9,7 @@ deadline, for what must come out.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from kubernetes_asyncio import client
 
@@ -191,3 +192,23 @@ async def test_no_part_holds_a_reference_back_to_the_runtime_or_the_dispatcher()
                 assert all(item is not caller for item in reached), (
                     f"{type(part).__name__}.{name} refers back to {type(caller).__name__}"
                 )
+
+
+async def test_the_module_pods_gauge_is_counted_every_few_seconds_not_every_tick(
+    wired: Wired,
+) -> None:
+    counted = 0
+    count = wired.sync.pod_states
+
+    def counting() -> Any:
+        nonlocal counted
+        counted += 1
+        return count()
+
+    wired.sync.pod_states = counting  # type: ignore[method-assign]
+    for _ in range(5):  # a tick a second, as the runtime sends them
+        wired.dispatcher.dispatch(wired.tick())
+        wired.clock.now += 1
+    assert counted == 1
+    wired.dispatcher.dispatch(wired.tick())
+    assert counted == 2
