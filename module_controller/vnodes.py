@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -230,16 +230,12 @@ class NodeSyncer:
         # lease again after it is deleted here.
         existed = self.existing.pop(name, None) is not None
         self.transitions.pop(name, None)
-        deletions: tuple[Callable[[], Awaitable[object]], ...] = (
-            lambda: self.core.delete_node(name),
-            lambda: self.coordination.delete_namespaced_lease(name, LEASE_NAMESPACE),
-        )
-        for delete in deletions:  # made one at a time: a failure leaves no coroutine behind
-            try:
-                await delete()
-            except ApiException as error:
-                if error.status != 404:
-                    raise
+        try:
+            await self.core.delete_node(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        await self._delete_lease(name)
         if existed:
             log.info("Deleted node %s and its lease.", name)
 
@@ -296,6 +292,7 @@ class NodeSyncer:
 
     async def _create_lease(self, name: str) -> bool:
         """Create the node's Lease, held by this replica; False if one exists already."""
+        uid = self.existing[name].uid
         try:
             created = await call_for_json(
                 self.api,
@@ -309,8 +306,22 @@ class NodeSyncer:
             if error.status != 409:
                 raise
             return False
+        current = self.existing.get(name)
+        if current is None or current.uid != uid:
+            # The node was deleted while its Lease was being made (the Lease is written
+            # apart from the node sync that deletes it): take the Lease away with it, or
+            # it would outlive the node until the garbage collector came by.
+            await self._delete_lease(name)
+            return True
         await self.owner.lease_written(name, created)
         return True
+
+    async def _delete_lease(self, name: str) -> None:
+        try:
+            await self.coordination.delete_namespaced_lease(name, LEASE_NAMESPACE)
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     async def _patch_lease(
         self, name: str, namespace: str, operations: list[Any]

@@ -212,3 +212,27 @@ async def test_the_module_pods_gauge_is_counted_every_few_seconds_not_every_tick
     assert counted == 1
     wired.dispatcher.dispatch(wired.tick())
     assert counted == 2
+
+
+async def test_a_lease_made_while_its_node_is_deleted_goes_with_the_node(wired: Wired) -> None:
+    """A new node's Lease is written apart from the node sync: when the node is deleted
+    while that write is in flight, the Lease must not outlive it."""
+    node = wired.registry.node_name_for(IDENTITY)
+    create = wired.cluster.create_namespaced_lease
+    writing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_create(namespace: str, body: dict[str, Any], **_: Any) -> None:
+        writing.set()
+        await go_on.wait()
+        await create(namespace, body)
+
+    wired.cluster.create_namespaced_lease = slow_create  # type: ignore[method-assign]
+    await wired.say(heartbeat())
+    await asyncio.wait_for(writing.wait(), 5)
+    wired.clock.now += 70  # past BASE_NOT_READY_SECONDS and BASE_DEAD_SECONDS
+    await wired.say(wired.tick())
+    await wired.say(wired.tick())
+    await wired.until_logged(("delete node", node))
+    go_on.set()
+    await wired.until_logged(("create lease", node))  # it was made after all...
+    await wired.until("the late Lease deleted", lambda: node not in wired.cluster.leases)
