@@ -71,13 +71,22 @@ class ListWatch:
         self._gone = gone
         self._what = what
         self._known: dict[str, dict[str, Any]] = {}
-        self.listed = asyncio.Event()  # set once the first list is reported
+        self._version: str | None = None  # of a list made by list_first, to watch from
+
+    async def list_first(self, report: Report) -> int:
+        """List now, reporting each object to `report` (for what must know them all before
+        it starts); `run` then watches from this list instead of listing again. Returns
+        how many objects were listed."""
+        self._version = await self._list(report)
+        return len(self._known)
 
     async def run(self) -> None:
         pause = RETRY_INITIAL_SECONDS
         while True:
             try:
-                version = await self._list()
+                version, self._version = self._version, None
+                if version is None:
+                    version = await self._list(self._seen)
                 while True:
                     version = await self._watch(version)
                     pause = RETRY_INITIAL_SECONDS  # a watch that ran its course: all is well
@@ -92,19 +101,20 @@ class ListWatch:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX_SECONDS)
 
-    async def _list(self) -> str:
+    async def _list(self, report: Report) -> str:
         listed = await call_for_json(
             self._api, self._listing, *self._args, label_selector=self._selector
         )
         known = {}
         for item in listed.get("items") or []:
             known[key_of(item)] = kept(item)
-            await self._seen(item)
+            await report(item)
         for key in self._known.keys() - known.keys():
             await self._gone(self._known[key])
         self._known = known
-        self.listed.set()
-        return str(listed["metadata"]["resourceVersion"])
+        # A list without a version (no real server sends one) is watched from "": the
+        # server starts with the objects as they are, reported again, which is harmless.
+        return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     async def _watch(self, version: str) -> str:
         """Watch from `version` until the server ends it; the last version seen."""

@@ -262,14 +262,16 @@ class Runtime:
             listener(body)
 
     async def _list_module_pods(self) -> None:
-        """Know every module pod before judging any module an orphan."""
-        core = client.CoreV1Api(self.api)
-        pods = await core.list_pod_for_all_namespaces(label_selector=self.settings.module_selector)
+        """Know every module pod before judging any module an orphan: the pod watch's first
+        list, put straight into the module state (the dispatcher is not running yet)."""
         now = self.module_sync.clock()
-        for pod in pods.items:
-            self.module_state.upsert_pod(self.api.sanitize_for_serialization(pod), now)
+
+        async def adopt(pod: Mapping[str, Any]) -> None:
+            self.module_state.upsert_pod(dict(pod), now)
+
+        listed = await self.module_pods.list_first(adopt)
         self.module_state.listed = True
-        log.info("Listed %d module pod(s).", len(pods.items))
+        log.info("Listed %d module pod(s).", listed)
 
     # --- supervision ------------------------------------------------------------------------
 

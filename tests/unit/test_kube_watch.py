@@ -14,6 +14,7 @@ from kubernetes_asyncio import client
 
 from module_controller import kube_watch
 from module_controller.kube_watch import ListWatch
+from tests.local_server import serving
 
 NAMESPACE = "kube-node-lease"
 PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
@@ -89,18 +90,13 @@ async def served() -> Any:
     app = web.Application()
     app.router.add_get(PATH, fake.handle)
     app.router.add_get("/api/v1/pods", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
-    try:
-        yield fake, api
-    finally:
-        fake.closing.set()
-        await api.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        api = client.ApiClient(client.Configuration(host=url))
+        try:
+            yield fake, api
+        finally:
+            fake.closing.set()
+            await api.close()
 
 
 async def run_watch(api: client.ApiClient, seen: Seen) -> asyncio.Task[None]:
@@ -253,3 +249,33 @@ async def test_what_went_between_two_lists_is_reported_with_what_finds_it_again(
             }
         }
     ]
+
+
+async def test_a_first_list_made_before_the_watch_runs_is_watched_from_not_made_again(
+    served: tuple[FakeServer, client.ApiClient],
+) -> None:
+    """The runtime lists module pods into its state before the dispatcher runs; the watch
+    then goes on from that list (one list at start, not two)."""
+    fake, api = served
+    fake.lists = [[lease("node-a", 90)]]
+    fake.watches = [[{"type": "MODIFIED", "object": lease("node-a", 101)}]]
+    first = Seen()
+    seen = Seen()
+    watch = ListWatch(
+        api,
+        client.CoordinationV1Api(api).list_namespaced_lease,
+        NAMESPACE,
+        label_selector="component=vnode-lease",
+        seen=seen.seen,
+        gone=seen.gone,
+        what="node Leases",
+    )
+    assert await watch.list_first(first.seen) == 1
+    task = asyncio.create_task(watch.run())
+    try:
+        await seen.until(("seen", "node-a@101"))
+    finally:
+        await stop(task)
+    assert first.log == [("seen", "node-a@90")]
+    assert seen.log == [("seen", "node-a@101")]
+    assert fake.listed == 1 and fake.watched_from == ["100"]
