@@ -14,6 +14,7 @@ from kubernetes_asyncio import client
 from yarl import URL
 
 from module_controller.kube import PROXY_VARIABLES, with_request_timeout, without_env_lookups
+from tests.local_server import serving
 
 
 async def test_a_request_to_a_silent_server_ends_at_the_deadline() -> None:
@@ -57,20 +58,13 @@ async def _list_nodes_counting_env_lookups(monkeypatch: pytest.MonkeyPatch) -> i
 
     app = web.Application()
     app.router.add_get("/api/v1/nodes", nodes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    api = without_env_lookups(
-        client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
-    )
-    try:
-        for _ in range(3):
-            await client.CoreV1Api(api).list_node()
-    finally:
-        await api.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        api = without_env_lookups(client.ApiClient(client.Configuration(host=url)))
+        try:
+            for _ in range(3):
+                await client.CoreV1Api(api).list_node()
+        finally:
+            await api.close()
     return lookups
 
 
