@@ -99,8 +99,8 @@ async def served() -> Any:
             await api.close()
 
 
-async def run_watch(api: client.ApiClient, seen: Seen) -> asyncio.Task[None]:
-    watch = ListWatch(
+def lease_watch(api: client.ApiClient, seen: Seen) -> ListWatch:
+    return ListWatch(
         api,
         client.CoordinationV1Api(api).list_namespaced_lease,
         NAMESPACE,
@@ -109,7 +109,10 @@ async def run_watch(api: client.ApiClient, seen: Seen) -> asyncio.Task[None]:
         gone=seen.gone,
         what="node Leases",
     )
-    return asyncio.create_task(watch.run())
+
+
+async def run_watch(api: client.ApiClient, seen: Seen) -> asyncio.Task[None]:
+    return asyncio.create_task(lease_watch(api, seen).run())
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -261,15 +264,7 @@ async def test_a_first_list_made_before_the_watch_runs_is_watched_from_not_made_
     fake.watches = [[{"type": "MODIFIED", "object": lease("node-a", 101)}]]
     first = Seen()
     seen = Seen()
-    watch = ListWatch(
-        api,
-        client.CoordinationV1Api(api).list_namespaced_lease,
-        NAMESPACE,
-        label_selector="component=vnode-lease",
-        seen=seen.seen,
-        gone=seen.gone,
-        what="node Leases",
-    )
+    watch = lease_watch(api, seen)
     assert await watch.list_first(first.seen) == 1
     task = asyncio.create_task(watch.run())
     try:
