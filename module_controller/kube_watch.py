@@ -62,6 +62,10 @@ class ListWatch:
         seen: Report,
         gone: Report,
         what: str,
+        watch_seconds: int = WATCH_SECONDS,
+        client_grace_seconds: float = CLIENT_GRACE_SECONDS,
+        retry_initial_seconds: float = RETRY_INITIAL_SECONDS,
+        retry_max_seconds: float = RETRY_MAX_SECONDS,
     ) -> None:
         self._api = api
         self._listing = listing
@@ -70,6 +74,10 @@ class ListWatch:
         self._seen = seen
         self._gone = gone
         self._what = what
+        self._watch_seconds = watch_seconds
+        self._request_timeout = watch_seconds + client_grace_seconds
+        self._retry_initial = retry_initial_seconds
+        self._retry_max = retry_max_seconds
         self._known: dict[str, dict[str, Any]] = {}
         self._version: str | None = None  # of a list made by list_first, to watch from
 
@@ -81,7 +89,7 @@ class ListWatch:
         return len(self._known)
 
     async def run(self) -> None:
-        pause = RETRY_INITIAL_SECONDS
+        pause = self._retry_initial
         while True:
             try:
                 version, self._version = self._version, None
@@ -89,7 +97,7 @@ class ListWatch:
                     version = await self._list(self._seen)
                 while True:
                     version = await self._watch(version)
-                    pause = RETRY_INITIAL_SECONDS  # a watch that ran its course: all is well
+                    pause = self._retry_initial  # a watch that ran its course: all is well
             except asyncio.CancelledError:
                 raise
             except Expired:
@@ -99,7 +107,7 @@ class ListWatch:
                     "Watch of %s failed (%s); listing again in %.0fs.", self._what, error, pause
                 )
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_SECONDS)
+                pause = min(pause * 2, self._retry_max)
 
     async def _list(self, report: Report) -> str:
         listed = await call_for_json(
@@ -124,9 +132,9 @@ class ListWatch:
             watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
+            timeout_seconds=self._watch_seconds,
             _preload_content=False,
-            _request_timeout=WATCH_SECONDS + CLIENT_GRACE_SECONDS,
+            _request_timeout=self._request_timeout,
         )
         if not 200 <= response.status <= 299:
             await read_json(response)  # raises the API server's error

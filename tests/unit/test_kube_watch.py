@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from module_controller import kube_watch
 from module_controller.kube_watch import ListWatch
 from tests.local_server import serving
 
@@ -99,7 +98,8 @@ async def served() -> Any:
             await api.close()
 
 
-def lease_watch(api: client.ApiClient, seen: Seen) -> ListWatch:
+def lease_watch(api: client.ApiClient, seen: Seen, **options: Any) -> ListWatch:
+    """The node Lease watch; `options` as ListWatch takes them (the timeouts, the pauses)."""
     return ListWatch(
         api,
         client.CoordinationV1Api(api).list_namespaced_lease,
@@ -108,11 +108,12 @@ def lease_watch(api: client.ApiClient, seen: Seen) -> ListWatch:
         seen=seen.seen,
         gone=seen.gone,
         what="node Leases",
+        **options,
     )
 
 
-async def run_watch(api: client.ApiClient, seen: Seen) -> asyncio.Task[None]:
-    return asyncio.create_task(lease_watch(api, seen).run())
+async def run_watch(api: client.ApiClient, seen: Seen, **options: Any) -> asyncio.Task[None]:
+    return asyncio.create_task(lease_watch(api, seen, **options).run())
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -187,14 +188,13 @@ async def test_an_expired_version_lists_again_and_reports_what_went_meanwhile(
 
 
 async def test_an_error_answer_lists_again_after_a_pause(
-    served: tuple[FakeServer, client.ApiClient], monkeypatch: pytest.MonkeyPatch
+    served: tuple[FakeServer, client.ApiClient],
 ) -> None:
-    monkeypatch.setattr(kube_watch, "RETRY_INITIAL_SECONDS", 0.05)
     fake, api = served
     fake.lists = [[lease("node-a", 90)], [lease("node-a", 130)]]
     fake.watches = [500, []]
     seen = Seen()
-    task = await run_watch(api, seen)
+    task = await run_watch(api, seen, retry_initial_seconds=0.05)
     try:
         await seen.until(("seen", "node-a@130"))
     finally:
