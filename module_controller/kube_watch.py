@@ -155,8 +155,10 @@ class ListWatch:
         if kind == "BOOKMARK" or not metadata.get("name"):
             return version
         if kind == "DELETED":
-            self._known.pop(key_of(body), None)
             await self._gone(body)
+            # Forgotten only once reported: if `gone` fails, the list made next (which no
+            # longer holds the object) still has it to report gone.
+            self._known.pop(key_of(body), None)
         else:
             self._known[key_of(body)] = kept(body)
             await self._seen(body)

@@ -346,6 +346,25 @@ async def test_an_object_deleted_while_down_is_reported_gone_once_with_its_metad
 # --- callbacks that fail -----------------------------------------------------------------
 
 
+async def test_a_gone_that_fails_during_the_watch_is_reported_again_after_the_list(
+    served: tuple[FakeApi, client.ApiClient],
+) -> None:
+    """The object is forgotten only once its going was taken: else the list, which no
+    longer holds it, would not report it again, and its reader would keep it for good."""
+    fake, api = served
+    fake.lists = [[pod("a", 90), pod("b", 91)], [pod("a", 90)]]
+    fake.watches = [[{"type": "DELETED", "object": pod("b", 101)}], hold]
+    reports = Reports()
+    reports.failing["gone b/uid-b"] = 1
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.01))
+    try:
+        await until(lambda: "gone b/uid-b" in reports.log, "b reported gone")
+    finally:
+        await stop(task)
+    assert reports.log.count("gone b/uid-b") == 1
+    assert fake.listed == 2
+
+
 async def test_a_gone_that_fails_during_a_list_is_reported_on_the_next_list(
     served: tuple[FakeApi, client.ApiClient],
 ) -> None:
