@@ -113,13 +113,19 @@ class ListWatch:
         listed = await call_for_json(
             self._api, self._listing, *self._args, label_selector=self._selector
         )
-        known = {}
-        for item in listed.get("items") or []:
-            known[key_of(item)] = kept(item)
-            await report(item)
-        for key in self._known.keys() - known.keys():
-            await self._gone(self._known[key])
+        items = listed.get("items") or []
+        known = {key_of(item): kept(item) for item in items}
+        # What went is told first, and an object made again under its name (a new uid) went
+        # too: its readers hold it by uid (module pods) or by name (node Leases), and a
+        # name's gone after its new object's seen would drop the new one.
+        for key, old in list(self._known.items()):
+            new = known.get(key)
+            if new is None or new["metadata"].get("uid") != old["metadata"].get("uid"):
+                await self._gone(old)
+                del self._known[key]  # only once reported: a failed gone is told next list
         self._known = known
+        for item in items:
+            await report(item)
         # A list without a version (no real server sends one) is watched from "": the
         # server starts with the objects as they are, reported again, which is harmless.
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")

@@ -343,6 +343,24 @@ async def test_an_object_deleted_while_down_is_reported_gone_once_with_its_metad
     }
 
 
+async def test_an_object_made_again_under_its_name_while_down_is_reported_gone_then_seen(
+    served: tuple[FakeApi, client.ApiClient],
+) -> None:
+    """A pod deleted and made again (a new uid) between two lists: the old one is gone (its
+    readers hold it by uid), and is said to be before the new one is seen (readers holding
+    objects by name, as the node Leases are, must not lose the new one)."""
+    fake, api = served
+    fake.lists = [[pod("a", 90, uid="u-1")], [pod("a", 130, uid="u-2")]]
+    fake.watches = [[expired()]]
+    reports = Reports()
+    task = await running(pod_watch(api, reports))
+    try:
+        await until(lambda: "seen a/u-2@130" in reports.log, "the second list")
+    finally:
+        await stop(task)
+    assert reports.log == ["seen a/u-1@90", "gone a/u-1", "seen a/u-2@130"]
+
+
 # --- callbacks that fail -----------------------------------------------------------------
 
 
