@@ -142,6 +142,9 @@ class ListWatch:
             _preload_content=False,
             _request_timeout=self._request_timeout,
         )
+        if response.status == 410:  # as the watch's status, not as an ERROR event
+            response.release()
+            raise Expired
         if not 200 <= response.status <= 299:
             await read_json(response)  # raises the API server's error
         async with response:

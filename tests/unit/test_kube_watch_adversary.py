@@ -219,6 +219,24 @@ async def test_the_client_gives_a_watch_more_time_than_the_server_is_asked_to_ta
 # --- 410 and errors ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("answer", [410, [expired()]], ids=["http-status", "error-event"])
+async def test_an_expired_version_lists_again_at_once_without_a_warning(
+    served: tuple[FakeApi, client.ApiClient], caplog: pytest.LogCaptureFixture, answer: Answer
+) -> None:
+    """A 410 is routine (the version was compacted away), whether the server says so as the
+    watch's HTTP status or as an ERROR event: list again now, not after an error's pause."""
+    fake, api = served
+    fake.lists = [[pod("a", 90)], [pod("a", 130)]]
+    fake.watches = [answer]
+    reports = Reports()
+    task = await running(pod_watch(api, reports, retry_initial_seconds=5.0))
+    try:
+        await until(lambda: "seen a/uid-a@130" in reports.log, "a list after the 410")
+    finally:
+        await stop(task)
+    assert warnings_of(caplog) == []
+
+
 async def test_an_expiry_mid_stream_keeps_what_came_before_and_the_list_tells_the_rest(
     served: tuple[FakeApi, client.ApiClient],
 ) -> None:
@@ -388,7 +406,7 @@ async def test_a_gone_that_fails_during_a_list_is_reported_on_the_next_list(
 ) -> None:
     fake, api = served
     fake.lists = [[pod("a", 90)], [], []]
-    fake.watches = [[expired()], [expired()]]
+    fake.watches = [[expired()]]
     reports = Reports()
     reports.failing["gone a/uid-a"] = 1
     task = await running(pod_watch(api, reports, retry_initial_seconds=0.01))
