@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.kube import call_for_json, read_json
 
@@ -48,8 +49,34 @@ def kept(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": {field: metadata[field] for field in KEPT_METADATA if field in metadata}}
 
 
+def describe(error: Exception) -> str:
+    """What failed, in one line: a server's message may hold newlines, which would forge
+    log lines, so control characters are escaped; a long answer is cut."""
+    if isinstance(error, ApiException):
+        body = str(error.body or "")
+        try:
+            message = json.loads(body).get("message") or body
+        except (ValueError, AttributeError):
+            message = body
+        text = f"HTTP {error.status} {error.reason or ''}".rstrip() + f": {message}"
+    elif isinstance(error, TimeoutError) and not str(error):
+        text = "timed out"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return repr(text[:300])[1:-1]
+
+
 class Expired(Exception):
     """The resourceVersion watched from is too old (410): list again."""
+
+
+class Broken(Exception):
+    """The watch's stream is not what the API server sends, or it says it failed."""
+
+
+# Failures of the API server or of the way to it, told in a line; anything else (a
+# callback's bug, most likely) is logged with its traceback.
+EXPECTED = (ApiException, aiohttp.ClientError, TimeoutError, Broken)
 
 
 class ListWatch:
@@ -91,20 +118,27 @@ class ListWatch:
     async def run(self) -> None:
         pause = self._retry_initial
         while True:
+            step = "list"
             try:
                 version, self._version = self._version, None
                 if version is None:
                     version = await self._list(self._seen)
+                step = "watch"
                 while True:
                     version = await self._watch(version)
                     pause = self._retry_initial  # a watch that ran its course: all is well
             except asyncio.CancelledError:
                 raise
             except Expired:
-                log.info("Watch of %s expired; listing them again.", self._what)
+                log.info("The watch of %s expired; listing them again.", self._what)
             except Exception as error:
                 log.warning(
-                    "Watch of %s failed (%s); listing again in %.0fs.", self._what, error, pause
+                    "The %s of %s failed (%s); listing them again in %gs.",
+                    step,
+                    self._what,
+                    describe(error),
+                    pause,
+                    exc_info=not isinstance(error, EXPECTED),
                 )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self._retry_max)
@@ -150,15 +184,23 @@ class ListWatch:
         async with response:
             async for line in response.content:
                 if line.strip():
-                    version = await self._event(json.loads(line), version)
+                    try:
+                        event = json.loads(line)
+                    except ValueError as error:
+                        raise Broken(f"a line that is not JSON ({error}): {line[:100]!r}") from None
+                    if not isinstance(event, dict):
+                        raise Broken(f"an event that is not an object: {line[:100]!r}")
+                    version = await self._event(event, version)
         return version
 
     async def _event(self, event: Mapping[str, Any], version: str) -> str:
         kind, body = event.get("type"), event.get("object") or {}
+        if not isinstance(body, dict):
+            raise Broken(f"a {kind} event whose object is not one: {body!r:.100}")
         if kind == "ERROR":
             if body.get("code") == 410:
                 raise Expired
-            raise RuntimeError(f"the API server said {body.get('message') or body}")
+            raise Broken(f"the API server said {body.get('message') or body}")
         metadata = body.get("metadata") or {}
         version = str(metadata.get("resourceVersion") or version)
         if kind == "BOOKMARK" or not metadata.get("name"):

@@ -188,6 +188,26 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # --- a watch that stalls -----------------------------------------------------------------
 
 
+async def test_a_silent_watch_is_given_up_and_listed_again_within_the_client_timeout(
+    served: tuple[FakeApi, client.ApiClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, api = served
+    fake.lists = [[pod("a", 90)], [pod("a", 130)]]
+    fake.watches = [hold]
+    reports = Reports()
+    watch = pod_watch(
+        api, reports, watch_seconds=0, client_grace_seconds=0.3, retry_initial_seconds=0.01
+    )
+    task = await running(watch)
+    try:
+        await until(lambda: "seen a/uid-a@130" in reports.log, "a list after the stall")
+    finally:
+        await stop(task)
+    assert fake.listed == 2
+    (warning,) = warnings_of(caplog)
+    assert "timed out" in warning.getMessage()
+
+
 async def test_the_client_gives_a_watch_more_time_than_the_server_is_asked_to_take(
     served: tuple[FakeApi, client.ApiClient],
 ) -> None:
@@ -254,7 +274,10 @@ async def test_an_expiry_mid_stream_keeps_what_came_before_and_the_list_tells_th
     reports = Reports()
     task = await running(pod_watch(api, reports))
     try:
-        await until(lambda: "gone d/uid-d" in reports.log, "the list after the expiry")
+        await until(
+            lambda: "gone d/uid-d" in reports.log and len(fake.watched_from) == 2,
+            "the watch after the list after the expiry",
+        )
     finally:
         await stop(task)
     assert sorted(reports.log[:2]) == ["seen a/uid-a@90", "seen b/uid-b@91"]
@@ -275,7 +298,9 @@ async def test_a_failure_right_after_list_first_lists_again_and_reports_what_wen
     assert await watch.list_first(first.seen) == 2
     task = await running(watch)
     try:
-        await until(lambda: len(reports.log) == 2, "the list after the failure")
+        await until(
+            lambda: len(reports.log) == 2 and len(fake.watched_from) == 2, "the watch after"
+        )
     finally:
         await stop(task)
     assert sorted(first.log) == ["seen a/uid-a@90", "seen b/uid-b@91"]
@@ -318,7 +343,8 @@ async def test_a_broken_stream_lists_again_and_loses_nothing(
     ]
     assert fake.listed == 2
     (warning,) = warnings_of(caplog)
-    assert "module pods" in warning.getMessage()
+    assert "The watch of module pods failed" in warning.getMessage()
+    assert not warning.exc_info  # the stream's fault, not a bug of ours: no traceback
 
 
 async def test_an_event_as_big_as_etcd_allows_is_read(
@@ -399,6 +425,26 @@ async def test_a_gone_that_fails_during_the_watch_is_reported_again_after_the_li
         await stop(task)
     assert reports.log.count("gone b/uid-b") == 1
     assert fake.listed == 2
+
+
+async def test_a_seen_that_fails_does_not_end_the_loop_and_is_reported_again(
+    served: tuple[FakeApi, client.ApiClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, api = served
+    fake.lists = [[], [pod("a", 101)]]
+    fake.watches = [[{"type": "ADDED", "object": pod("a", 101)}], hold]
+    reports = Reports()
+    reports.failing["seen a/uid-a@101"] = 1
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.01))
+    try:
+        await until(lambda: reports.log, "a seen after the failure")
+    finally:
+        await stop(task)
+    assert reports.log == ["seen a/uid-a@101"]
+    assert fake.listed == 2
+    (warning,) = warnings_of(caplog)
+    assert "RuntimeError: could not take seen a/uid-a@101" in warning.getMessage()
+    assert warning.exc_info  # a callback's failure is a bug: its traceback
 
 
 async def test_a_gone_that_fails_during_a_list_is_reported_on_the_next_list(
@@ -503,6 +549,24 @@ async def test_the_pause_doubles_on_each_failure_up_to_the_cap_and_resets_after_
         await stop(task)
     pauses = [record.args[-1] for record in warnings_of(caplog)]  # type: ignore[index]
     assert pauses == [0.01, 0.02, 0.04, 0.05, 0.05, 0.01]
+
+
+async def test_each_failure_is_one_escaped_line_saying_what_failed(
+    served: tuple[FakeApi, client.ApiClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, api = served
+    fake.watches = [status(500, "etcd is\nunwell"), hold]
+    reports = Reports()
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.01))
+    try:
+        await until(lambda: len(fake.watched_from) == 2, "the second watch")
+    finally:
+        await stop(task)
+    (warning,) = warnings_of(caplog)
+    message = warning.getMessage()
+    assert "module pods" in message and "500" in message and "etcd is\\nunwell" in message
+    assert "\n" not in message
+    assert not warning.exc_info  # the API server's answer is no bug of ours
 
 
 # --- odd events --------------------------------------------------------------------------
