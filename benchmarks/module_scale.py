@@ -79,6 +79,7 @@ class PodWatch:
     """Wall-clock times at which the watch saw each pod bound and Ready."""
 
     def __init__(self) -> None:
+        self.seen: set[str] = set()
         self.bound: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self.nodes: dict[str, str] = {}
@@ -99,6 +100,7 @@ class PodWatch:
                     version = pod.metadata.resource_version
                     name = pod.metadata.name
                     now = time.time()
+                    self.seen.add(name)
                     if pod.spec.node_name and name not in self.bound:
                         self.bound[name] = now
                         self.nodes[name] = pod.spec.node_name

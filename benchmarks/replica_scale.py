@@ -69,6 +69,7 @@ RETRY_SECONDS = float(DEFAULTS["replica_retry_seconds"].default)
 # Two inventory polls: a new owner that re-sent anything after adopting would have by then.
 AFTER_TAKEOVER_SECONDS = 2 * float(DEFAULTS["inventory_poll_seconds"].default)
 COMMANDS = ("installBiz", "uninstallBiz")
+PROGRESS_SECONDS = 30.0
 
 
 @dataclass
@@ -238,10 +239,44 @@ async def release(bench: Bench, per_base: int, result: Result) -> None:
     async def all_ready() -> bool:
         return len(bench.pods.ready) >= total
 
-    await harness.wait(all_ready, 900 + total * 0.05, f"{total} Ready module pods")
+    progress = asyncio.create_task(release_progress(bench, began))
+    try:
+        await harness.wait(all_ready, 900 + total * 0.05, f"{total} Ready module pods")
+    finally:
+        progress.cancel()
     result.pods_ready_s = max(bench.pods.ready.values()) - began
     result.cpu_release = subtract(bench.cpu(), before)
     result.to_install, result.to_ready = release_latencies(bench)
+
+
+def process_pids(bench: Bench) -> dict[str, int]:
+    """Every process of the run that may bound it: replicas, bases, the control plane."""
+    pids = {r.client_id: r.process.pid for r in bench.replicas}
+    pids["bases+benchmark"] = os.getpid()
+    return pids | {record.name: record.pid for record in bench.state.processes}
+
+
+async def release_progress(bench: Bench, began: float) -> None:
+    """Every PROGRESS_SECONDS of a release: its pods so far, and who used the CPU.
+
+    A long release (thousands of pods) is bound by one component or another; this says
+    which, while it runs."""
+    pids = process_pids(bench)
+    before = {name: node_scale.cpu_seconds(pid) for name, pid in pids.items()}
+    while True:
+        await asyncio.sleep(PROGRESS_SECONDS)
+        after = {name: node_scale.cpu_seconds(pid) for name, pid in pids.items()}
+        busy = sorted(after, key=lambda name: before[name] - after[name])
+        shares = ", ".join(
+            f"{name} {100 * (after[name] - before[name]) / PROGRESS_SECONDS:.0f}%" for name in busy
+        )
+        pods = bench.pods
+        print(
+            f"    +{time.time() - began:.0f}s: pods {len(pods.seen)} created, "
+            f"{len(pods.bound)} bound, {len(pods.ready)} Ready; CPU of one core: {shares}",
+            flush=True,
+        )
+        before = after
 
 
 def release_latencies(bench: Bench) -> tuple[list[float], list[float]]:
@@ -261,9 +296,7 @@ def release_latencies(bench: Bench) -> tuple[list[float], list[float]]:
 async def steady(bench: Bench, seconds: float, result: Result) -> None:
     assert bench.nodes is not None
     await asyncio.sleep(node_scale.SETTLE_SECONDS)  # past the first health and inventory polls
-    pids = {r.client_id: r.process.pid for r in bench.replicas}
-    pids["bases+benchmark"] = os.getpid()
-    pids |= {record.name: record.pid for record in bench.state.processes}
+    pids = process_pids(bench)
     assert bench.state.kubeconfig and bench.state.admin_token
     metrics = node_scale.ApiServerMetrics(Path(bench.state.kubeconfig), bench.state.admin_token)
     usage = node_scale.Usage(pids, metrics)
