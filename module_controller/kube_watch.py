@@ -117,6 +117,7 @@ class ListWatch:
 
     async def run(self) -> None:
         pause = self._retry_initial
+        calm = True  # no failure since the last watch that ran its course
         while True:
             step = "list"
             try:
@@ -126,12 +127,23 @@ class ListWatch:
                 step = "watch"
                 while True:
                     version = await self._watch(version)
-                    pause = self._retry_initial  # a watch that ran its course: all is well
+                    pause, calm = self._retry_initial, True
             except asyncio.CancelledError:
                 raise
             except Expired:
-                log.info("The watch of %s expired; listing them again.", self._what)
+                if calm:  # routine (the version was compacted away): list again at once
+                    calm = False
+                    log.info("The watch of %s expired; listing them again.", self._what)
+                    continue
+                # Expired again with no good watch between: wait, or this would list as
+                # fast as the API server answers (a whole list each time).
+                log.warning(
+                    "The watch of %s expired again; listing them again in %gs.",
+                    self._what,
+                    pause,
+                )
             except Exception as error:
+                calm = False
                 log.warning(
                     "The %s of %s failed (%s); listing them again in %gs.",
                     step,
@@ -140,8 +152,8 @@ class ListWatch:
                     pause,
                     exc_info=not isinstance(error, EXPECTED),
                 )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self._retry_max)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._retry_max)
 
     async def _list(self, report: Report) -> str:
         listed = await call_for_json(

@@ -228,7 +228,7 @@ async def test_the_client_gives_a_watch_more_time_than_the_server_is_asked_to_ta
     )
     task = await running(watch)
     try:
-        await until(lambda: asked, "a watch")
+        await until(lambda: asked and fake.watch_timeouts, "a watch at the server")
     finally:
         await stop(task)
     assert asked[0]["timeout_seconds"] == 60
@@ -376,7 +376,7 @@ async def test_an_object_deleted_while_down_is_reported_gone_once_with_its_metad
     fake.lists = [[pod("a", 90, uid="u-1", app="biz1")], [], []]
     fake.watches = [[expired()], [expired()]]
     reports = Reports()
-    task = await running(pod_watch(api, reports))
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.01))
     try:
         await until(lambda: fake.listed == 3 and len(fake.watched_from) == 3, "a third list")
     finally:
@@ -567,6 +567,20 @@ async def test_each_failure_is_one_escaped_line_saying_what_failed(
     assert "module pods" in message and "500" in message and "etcd is\\nunwell" in message
     assert "\n" not in message
     assert not warning.exc_info  # the API server's answer is no bug of ours
+
+
+async def test_a_version_expired_again_and_again_is_paused_not_hammered(
+    served: tuple[FakeApi, client.ApiClient],
+) -> None:
+    fake, api = served
+    fake.then = [expired()]
+    reports = Reports()
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.05))
+    try:
+        await asyncio.sleep(0.4)
+    finally:
+        await stop(task)
+    assert 2 <= fake.listed <= 6
 
 
 # --- odd events --------------------------------------------------------------------------
