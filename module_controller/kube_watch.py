@@ -33,6 +33,9 @@ WATCH_SECONDS = 60
 CLIENT_GRACE_SECONDS = 30
 RETRY_INITIAL_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+# A watch ended sooner than this with nothing in it did not work (a proxy closing it, say):
+# going on at once would ask the API server as fast as it answers (client-go does the same).
+SHORT_WATCH_SECONDS = 1.0
 
 Report = Callable[[Mapping[str, Any]], Awaitable[None]]
 # What is kept of each object between lists, to report it gone: enough to find it again.
@@ -178,6 +181,7 @@ class ListWatch:
 
     async def _watch(self, version: str) -> str:
         """Watch from `version` until the server ends it; the last version seen."""
+        started, events = asyncio.get_running_loop().time(), 0
         response: aiohttp.ClientResponse = await self._listing(
             *self._args,
             label_selector=self._selector,
@@ -196,6 +200,7 @@ class ListWatch:
         async with response:
             async for line in response.content:
                 if line.strip():
+                    events += 1
                     try:
                         event = json.loads(line)
                     except ValueError as error:
@@ -203,6 +208,8 @@ class ListWatch:
                     if not isinstance(event, dict):
                         raise Broken(f"an event that is not an object: {line[:100]!r}")
                     version = await self._event(event, version)
+        if not events and asyncio.get_running_loop().time() - started < SHORT_WATCH_SECONDS:
+            raise Broken("the watch ended at once, with nothing in it")
         return version
 
     async def _event(self, event: Mapping[str, Any], version: str) -> str:

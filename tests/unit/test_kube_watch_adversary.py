@@ -569,6 +569,22 @@ async def test_each_failure_is_one_escaped_line_saying_what_failed(
     assert not warning.exc_info  # the API server's answer is no bug of ours
 
 
+async def test_a_watch_that_ends_at_once_with_nothing_is_paused_not_hammered(
+    served: tuple[FakeApi, client.ApiClient],
+) -> None:
+    """A proxy that closes each watch at once: without a pause the loop would spin, asking
+    the API server as fast as it answers."""
+    fake, api = served
+    fake.then = []
+    reports = Reports()
+    task = await running(pod_watch(api, reports, retry_initial_seconds=0.05))
+    try:
+        await asyncio.sleep(0.4)
+    finally:
+        await stop(task)
+    assert 2 <= len(fake.watched_from) <= 6
+
+
 async def test_a_version_expired_again_and_again_is_paused_not_hammered(
     served: tuple[FakeApi, client.ApiClient],
 ) -> None:
