@@ -36,6 +36,9 @@ RETRY_MAX_SECONDS = 30.0
 # A watch ended sooner than this with nothing in it did not work (a proxy closing it, say):
 # going on at once would ask the API server as fast as it answers (client-go does the same).
 SHORT_WATCH_SECONDS = 1.0
+# A watch that stayed up this long worked, however it ended: the pauses start over. (A
+# proxy that drops each watch before the server ends it would else grow them to the most.)
+LONG_WATCH_SECONDS = 10.0
 
 Report = Callable[[Mapping[str, Any]], Awaitable[None]]
 # What is kept of each object between lists, to report it gone: enough to find it again.
@@ -96,6 +99,7 @@ class ListWatch:
         client_grace_seconds: float = CLIENT_GRACE_SECONDS,
         retry_initial_seconds: float = RETRY_INITIAL_SECONDS,
         retry_max_seconds: float = RETRY_MAX_SECONDS,
+        long_watch_seconds: float = LONG_WATCH_SECONDS,
     ) -> None:
         self._api = api
         self._listing = listing
@@ -108,6 +112,7 @@ class ListWatch:
         self._request_timeout = watch_seconds + client_grace_seconds
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
+        self._long_watch = long_watch_seconds
         self._known: dict[str, dict[str, Any]] = {}
         self._version: str | None = None  # of a list made by list_first, to watch from
 
@@ -119,42 +124,47 @@ class ListWatch:
         return len(self._known)
 
     async def run(self) -> None:
+        clock = asyncio.get_running_loop().time
         pause = self._retry_initial
-        calm = True  # no failure since the last watch that ran its course
+        calm = True  # no failure since the last watch that worked
         while True:
-            step = "list"
+            step, opened = "list", None
             try:
                 version, self._version = self._version, None
                 if version is None:
                     version = await self._list(self._seen)
                 step = "watch"
                 while True:
+                    opened = clock()
                     version = await self._watch(version)
                     pause, calm = self._retry_initial, True
             except asyncio.CancelledError:
                 raise
-            except Expired:
-                if calm:  # routine (the version was compacted away): list again at once
-                    calm = False
+            except Exception as error:
+                if opened is not None and clock() - opened >= self._long_watch:
+                    pause, calm = self._retry_initial, True  # it worked, a good while
+                was_calm, calm = calm, False
+                if isinstance(error, Expired) and was_calm:
+                    # Routine (the version was compacted away): list again at once.
                     log.info("The watch of %s expired; listing them again.", self._what)
                     continue
-                # Expired again with no good watch between: wait, or this would list as
-                # fast as the API server answers (a whole list each time).
-                log.warning(
-                    "The watch of %s expired again; listing them again in %gs.",
-                    self._what,
-                    pause,
-                )
-            except Exception as error:
-                calm = False
-                log.warning(
-                    "The %s of %s failed (%s); listing them again in %gs.",
-                    step,
-                    self._what,
-                    describe(error),
-                    pause,
-                    exc_info=not isinstance(error, EXPECTED),
-                )
+                if isinstance(error, Expired):
+                    # Again, with no good watch between: at once would list as fast as the
+                    # API server answers (a whole list each time).
+                    log.warning(
+                        "The watch of %s expired again; listing them again in %gs.",
+                        self._what,
+                        pause,
+                    )
+                else:
+                    log.warning(
+                        "The %s of %s failed (%s); listing them again in %gs.",
+                        step,
+                        self._what,
+                        describe(error),
+                        pause,
+                        exc_info=not isinstance(error, EXPECTED),
+                    )
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._retry_max)
 

@@ -48,11 +48,21 @@ async def hold(fake: FakeApi, request: web.Request) -> web.StreamResponse:
 
 def raw(data: bytes, *, abort: bool = False) -> Handler:
     """A watch that writes `data` as it is, then ends it (or drops the connection)."""
+    return slow(data, 0.0, abort=abort)
+
+
+def slow(first: bytes, seconds: float, last: bytes = b"", *, abort: bool = False) -> Handler:
+    """A watch that writes `first`, says nothing for `seconds`, writes `last`, then ends
+    it (or drops the connection)."""
 
     async def answer(fake: FakeApi, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
-        await response.write(data)
+        await response.write(first)
+        if seconds:
+            await asyncio.sleep(seconds)
+        if last:
+            await response.write(last)
         if abort:
             assert request.transport is not None
             request.transport.close()
@@ -549,6 +559,31 @@ async def test_the_pause_doubles_on_each_failure_up_to_the_cap_and_resets_after_
         await stop(task)
     pauses = [record.args[-1] for record in warnings_of(caplog)]  # type: ignore[index]
     assert pauses == [0.01, 0.02, 0.04, 0.05, 0.05, 0.01]
+
+
+async def test_a_watch_that_worked_a_good_while_starts_the_pauses_over_however_it_ended(
+    served: tuple[FakeApi, client.ApiClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that drops each watch before the server would end it: the watches work, so
+    the pauses between them must not grow to the most (a list, half a minute blind)."""
+    fake, api = served
+    expiry = json.dumps(expired()).encode() + b"\n"
+    fake.watches = [500, 500, 500, slow(LINE, 0.15, abort=True), slow(LINE, 0.15, expiry), hold]
+    reports = Reports()
+    watch = pod_watch(
+        api,
+        reports,
+        retry_initial_seconds=0.01,
+        retry_max_seconds=0.05,
+        long_watch_seconds=0.1,
+    )
+    task = await running(watch)
+    try:
+        await until(lambda: len(fake.watched_from) == 6, "the last watch")
+    finally:
+        await stop(task)
+    pauses = [record.args[-1] for record in warnings_of(caplog)]  # type: ignore[index]
+    assert pauses == [0.01, 0.02, 0.04, 0.01]  # the expiry after a long watch: no pause
 
 
 async def test_each_failure_is_one_escaped_line_saying_what_failed(
