@@ -33,7 +33,7 @@ WATCH_SECONDS = 60
 CLIENT_GRACE_SECONDS = 30
 RETRY_INITIAL_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
-# A watch ended sooner than this with nothing in it did not work (a proxy closing it, say):
+# A watch ended sooner than this with no new version did not work (a proxy closing it, say):
 # going on at once would ask the API server as fast as it answers (client-go does the same).
 SHORT_WATCH_SECONDS = 1.0
 # A watch that stayed up this long worked, however it ended: the pauses start over. (A
@@ -191,7 +191,7 @@ class ListWatch:
 
     async def _watch(self, version: str) -> str:
         """Watch from `version` until the server ends it; the last version seen."""
-        started, events = asyncio.get_running_loop().time(), 0
+        started, start = asyncio.get_running_loop().time(), version
         response: aiohttp.ClientResponse = await self._listing(
             *self._args,
             label_selector=self._selector,
@@ -210,7 +210,6 @@ class ListWatch:
         async with response:
             async for line in response.content:
                 if line.strip():
-                    events += 1
                     try:
                         event = json.loads(line)
                     except ValueError as error:
@@ -218,8 +217,8 @@ class ListWatch:
                     if not isinstance(event, dict):
                         raise Broken(f"an event that is not an object: {line[:100]!r}")
                     version = await self._event(event, version)
-        if not events and asyncio.get_running_loop().time() - started < SHORT_WATCH_SECONDS:
-            raise Broken("the watch ended at once, with nothing in it")
+        if version == start and asyncio.get_running_loop().time() - started < SHORT_WATCH_SECONDS:
+            raise Broken("the watch ended at once, with no new version")
         return version
 
     async def _event(self, event: Mapping[str, Any], version: str) -> str:

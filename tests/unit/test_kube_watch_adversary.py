@@ -604,13 +604,19 @@ async def test_each_failure_is_one_escaped_line_saying_what_failed(
     assert not warning.exc_info  # the API server's answer is no bug of ours
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [[], [{"kind": "Status", "status": "Failure", "message": "no"}]],
+    ids=["nothing", "no-event"],
+)
 async def test_a_watch_that_ends_at_once_with_nothing_is_paused_not_hammered(
-    served: tuple[FakeApi, client.ApiClient],
+    served: tuple[FakeApi, client.ApiClient], answer: Answer
 ) -> None:
-    """A proxy that closes each watch at once: without a pause the loop would spin, asking
-    the API server as fast as it answers."""
+    """A proxy that closes each watch at once (saying nothing, or something that is no
+    event): without a pause the loop would spin, asking the API server as fast as it
+    answers."""
     fake, api = served
-    fake.then = []
+    fake.then = answer
     reports = Reports()
     task = await running(pod_watch(api, reports, retry_initial_seconds=0.05))
     try:
