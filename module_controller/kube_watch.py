@@ -6,10 +6,13 @@ replica sees every module pod's events and every node Lease renewal (50 a second
 bases), and acts on a third of them. `ListWatch` lists, then watches from the list's
 resourceVersion, and calls `seen(body)` / `gone(body)`; each event costs one `json.loads`.
 
-A watch the server ends (its timeout) goes on from the last version seen; a version that is
-gone (410) or any error lists again, after a growing pause on errors, and reports as gone
-what the new list no longer holds (with the metadata last seen: name, namespace, uid,
-labels), so nothing is missed or left stale.
+A watch the server ends (its timeout) goes on from the last version seen. A version that is
+gone (410) lists again at once; any other failure (an error, a stalled or broken stream, a
+watch that ends at once with nothing new, a second 410 in a row, a callback that raises)
+lists again after a pause that doubles from 1 s to 30 s and starts over once a watch works.
+Each list reports as gone, before anything else, what it no longer holds or holds under a
+new uid (with the metadata last seen: name, namespace, uid, labels), so nothing is missed
+or left stale; an object is forgotten only once `gone` took it.
 """
 
 from __future__ import annotations
