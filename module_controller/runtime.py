@@ -3,7 +3,7 @@
 Two data paths, one direction each (README, "Architecture"):
 
     MQTT tunnel ──┐                                  ┌─> NodeSyncer ─> Nodes, Leases
-    Kopf watches ─┼─> Inbox ─> Dispatcher ─> registry ┤
+    watches ──────┼─> Inbox ─> Dispatcher ─> registry ┤
     the clock ────┘            (one match)  + module ─┼─> ModuleSync (per base) ─> planner
                                               state   │     ─> commands (tunnel), status patches
                                                       └─> BaselineAnswers ─> tunnel
@@ -24,7 +24,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 
 from module_controller.dispatcher import Dispatcher
-from module_controller.inbox import Inbox, ModulePodChanged, OwnershipChanged, Tick
+from module_controller.inbox import Inbox, ModulePodChanged, NodeDeleted, OwnershipChanged, Tick
 from module_controller.k8s_events import EventRecorder
 from module_controller.kube_watch import ListWatch
 from module_controller.kubelet_proxy.address import resolve_proxy_address
@@ -109,6 +109,16 @@ class Runtime:
             seen=lambda body: self._module_pod("MODIFIED", body),
             gone=lambda body: self._module_pod("DELETED", body),
             what="module pods",
+        )
+        # Our virtual nodes: one deleted by hand is put back, and peer Deployments follow
+        # their readiness. Every replica hears every node's status writes, hence plain JSON.
+        self.vnode_watch = ListWatch(
+            api,
+            client.CoreV1Api(api).list_node,
+            label_selector=node_selector(settings),
+            seen=self._vnode_seen,
+            gone=self._vnode_gone,
+            what="virtual nodes",
         )
         self.nodes = NodeSyncer(settings, self.registry, api, owner=self.ownership)
         metrics = self.metrics  # the callbacks below count into it, not into the runtime
@@ -211,6 +221,7 @@ class Runtime:
         self._spawn(self.dispatcher.run(self.inbox), "dispatcher")
         self._spawn(self.node_leases.run(), "node-leases")
         self._spawn(self.module_pods.run(), "module-pods")
+        self._spawn(self.vnode_watch.run(), "virtual-nodes")
         if self.mqtt is not None:
             self._spawn(self.mqtt.run(), "mqtt-tunnel")
         if self.peers is not None:
@@ -260,6 +271,16 @@ class Runtime:
         await self.inbox.put(ModulePodChanged(type, dict(body)))
         for listener in self.pod_listeners:
             listener(body)
+
+    async def _vnode_seen(self, body: Mapping[str, Any]) -> None:
+        if self.peers is not None:
+            self.peers.node_seen(str(body["metadata"]["name"]), body)
+
+    async def _vnode_gone(self, body: Mapping[str, Any]) -> None:
+        name = str(body["metadata"]["name"])
+        await self.inbox.put(NodeDeleted(name))
+        if self.peers is not None:
+            self.peers.node_gone(name)
 
     async def _list_module_pods(self) -> None:
         """Know every module pod before judging any module an orphan: the pod watch's first

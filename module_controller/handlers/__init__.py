@@ -4,7 +4,7 @@
 as `module-controller run` does.
 """
 
-from module_controller.handlers import lifecycle, nodes, peer
+from module_controller.handlers import lifecycle, peer
 from module_controller.handlers import rollouts as rollouts  # after lifecycle: needs its runtime
 
-__all__ = ["lifecycle", "nodes", "peer"]
+__all__ = ["lifecycle", "peer"]

@@ -28,7 +28,6 @@ from module_controller.observability.server import HealthChecks
 from module_controller.operator_memo import OperatorMemo, operator_memo
 from module_controller.runtime import Runtime, health_check_names
 from module_controller.settings import SettingsError, load_settings
-from module_controller.vnode_manifest import node_selector
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +76,11 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ours = load_settings()
     except SettingsError as error:
         raise _fail(ours_memo, str(error)) from None
-    # Server-side filter: the operator sees only its own nodes, not every node.
-    settings.watching.label_selectors["v1", "nodes"] = node_selector(ours)
     # Only peer Deployments reach the operator (handlers/peer.py), whether that is on or not.
     settings.watching.label_selectors["apps", "deployments"] = PEER_SELECTOR
-    # Module pods and node Leases are watched by the runtime (kube_watch.py), not Kopf.
-    # Nodes are a core, cluster-wide resource: nothing to discover, so no need
-    # for Kopf's namespace and CRD scanning (nor for the RBAC rules it would need).
+    # Module pods, node Leases and our nodes are watched by the runtime (kube_watch.py), not
+    # Kopf. Nothing Kopf watches needs discovering, so no need for its namespace and CRD
+    # scanning (nor for the RBAC rules it would need).
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = NoDiffBase()
     metrics = Metrics()

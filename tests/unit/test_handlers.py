@@ -1,5 +1,6 @@
 """The Kopf handlers are thin: called as plain coroutines, they only put events in the inbox.
-So does the runtime's module pod watch (kube_watch.ListWatch), and it tells its listeners."""
+So do the runtime's watches of module pods and nodes (kube_watch.ListWatch); the pod watch
+tells its listeners too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any, cast
 import kopf
 from kubernetes_asyncio import client
 
-from module_controller.handlers import nodes
 from module_controller.inbox import ModulePodChanged, NodeDeleted
 from module_controller.operator_memo import OperatorMemo, operator_memo
 from module_controller.runtime import Runtime
@@ -17,7 +17,6 @@ from module_controller.settings import Settings
 
 # Kopf's decorators retype the handlers for Kopf's calls; the test calls them as Kopf does.
 Handler = Callable[..., Awaitable[None]]
-node_event = cast(Handler, nodes.node_event)
 
 
 def pod_body(component: str | None) -> dict[str, Any]:
@@ -45,15 +44,11 @@ async def test_a_module_pod_seen_or_gone_goes_into_the_inbox_and_to_the_listener
 async def test_only_a_deleted_node_is_news() -> None:
     async with client.ApiClient() as api:
         runtime = Runtime(Settings(), api)
-        memo = OperatorMemo(runtime=runtime)
-        await node_event(type="MODIFIED", name="virtual-node-a", memo=memo)
-        await node_event(type="DELETED", name="virtual-node-a", memo=memo)
+        node = {"metadata": {"name": "virtual-node-a"}}
+        await runtime.vnode_watch._seen(node)
+        await runtime.vnode_watch._gone(node)
         assert len(runtime.inbox) == 1
         assert runtime.inbox.get_nowait() == NodeDeleted("virtual-node-a")
-
-
-async def test_handlers_before_a_runtime_exists_do_nothing() -> None:
-    await node_event(type="DELETED", name="n", memo=OperatorMemo())
 
 
 def test_under_kopf_run_our_memo_lives_inside_kopfs_and_is_shared_by_its_copies() -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import yaml
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.handlers import peer as peer_handlers
@@ -31,7 +31,8 @@ from module_controller.modules.peer import (
     patch_due,
 )
 from module_controller.operator_memo import OperatorMemo
-from module_controller.settings import SEED_MODULE_LABEL
+from module_controller.runtime import Runtime
+from module_controller.settings import SEED_MODULE_LABEL, Settings
 
 CLUSTER_ROLE = Path(__file__).parents[2] / "manifests" / "02-clusterrole.yaml"
 DEBOUNCE = 10.0
@@ -464,20 +465,23 @@ async def test_run_lists_the_nodes_and_patches_on_time() -> None:
 # --- the handlers -------------------------------------------------------------------------------
 
 
-async def test_the_handlers_feed_the_runtimes_peer_replicas_and_do_nothing_without() -> None:
-    on_node = cast(Any, peer_handlers.peer_node_event)
+async def test_the_handler_and_the_node_watch_feed_the_runtimes_peer_replicas() -> None:
     on_deployment = cast(Any, peer_handlers.peer_deployment_event)
     # The setting off (no runtime, or one without peers): the events are ignored.
-    await on_node(type="ADDED", name="n0", body=node("n0"), memo=OperatorMemo())
     await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d", memo=OperatorMemo())
-    cluster = Cluster()
-    peers = PeerReplicas(debounce_seconds=DEBOUNCE, patch=cluster.patch)
-    memo = OperatorMemo(runtime=cast(Any, SimpleNamespace(peers=peers)))
-    await on_node(type="ADDED", name="n0", body=node("n0"), memo=memo)
-    await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d", memo=memo)
-    assert peers.ready("c1") == 1
-    assert peers.replicas("ns", "d") is not None
-    await on_deployment(type="DELETED", body=peer_in(), namespace="ns", name="d", memo=memo)
-    await on_node(type="DELETED", name="n0", body=node("n0"), memo=memo)
-    assert peers.ready("c1") == 0
-    assert peers.replicas("ns", "d") is None
+    async with client.ApiClient() as api:
+        runtime = Runtime(Settings(), api)
+        assert runtime.peers is None
+        await runtime.vnode_watch._seen(node("n0"))  # nothing to feed, nothing fails
+        cluster = Cluster()
+        peers = PeerReplicas(debounce_seconds=DEBOUNCE, patch=cluster.patch)
+        runtime.peers = peers
+        memo = OperatorMemo(runtime=runtime)
+        await runtime.vnode_watch._seen(node("n0"))
+        await on_deployment(type="ADDED", body=peer_in(), namespace="ns", name="d", memo=memo)
+        assert peers.ready("c1") == 1
+        assert peers.replicas("ns", "d") is not None
+        await on_deployment(type="DELETED", body=peer_in(), namespace="ns", name="d", memo=memo)
+        await runtime.vnode_watch._gone(node("n0"))
+        assert peers.ready("c1") == 0
+        assert peers.replicas("ns", "d") is None
