@@ -37,6 +37,7 @@ from module_controller.tunnels.events import (
     TunnelUnavailable,
 )
 from module_controller.tunnels.mqtt_errors import describe_mqtt_error
+from module_controller.tunnels.mqtt_incoming import Acknowledgements, bounded_queue, incoming
 from module_controller.tunnels.tls import mqtt_tls_context
 
 log = logging.getLogger(__name__)
@@ -97,27 +98,6 @@ _client_log.addFilter(_QueueFullLines())
 _client_log.addFilter(_TlsAlerts())
 
 
-def _bounded_client_queue(
-    on_full: Callable[[aiomqtt.Message], None],
-) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """aiomqtt's incoming queue, bounded, handing what it must discard to `on_full`.
-
-    With manual acknowledgement the broker sends no more QoS 1 messages than its in-flight
-    window (20 in Mosquitto) until we acknowledge, so this fills only past that window
-    (an EVENT_QUEUE_SIZE below it) or with a flood of QoS 0 messages.
-    """
-
-    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            try:
-                super().put_nowait(item)
-            except asyncio.QueueFull:
-                on_full(item)
-                raise
-
-    return CountingQueue
-
-
 # Decoded whoever owns the base: its liveness, and its health (the node's capacity comes
 # from it, so that a replica taking the base over writes the node as it was).
 HEARD_FROM_EVERY_BASE = frozenset({BaseTopic.HEART, BaseTopic.HEALTH})
@@ -152,6 +132,7 @@ class MqttTunnel:
         self._deliver = deliver
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
+        self._acks = Acknowledgements()
         self._on_reconnect = on_reconnect
         self._on_published = on_published
         # identity -> whether another replica owns the base: its messages other than its
@@ -166,14 +147,11 @@ class MqttTunnel:
         return mqtt_client_id(self.settings)
 
     def _new_client(self) -> aiomqtt.Client:
-        made: list[aiomqtt.Client] = []
+        acks = self._acks
 
         def discarded(message: aiomqtt.Message) -> None:
             self._client_queue_full()
-            if message.qos and made:
-                # Acknowledged although dropped: an unacknowledged message would hold one
-                # slot of the broker's in-flight window for the rest of the connection.
-                made[0]._client.ack(message.mid, message.qos)
+            acks.dropped(message)
 
         client = aiomqtt.Client(
             self.settings.mqtt_broker,
@@ -185,14 +163,13 @@ class MqttTunnel:
             keepalive=self.settings.mqtt_keepalive_seconds,
             timeout=self.answer_timeout,
             tls_context=self._tls,
-            queue_type=_bounded_client_queue(discarded),
+            queue_type=bounded_queue(discarded, acks.arrived),
             max_queued_incoming_messages=self.settings.event_queue_size,
             logger=_client_log,
         )
-        made.append(client)
-        # Backpressure to the broker: a message is acknowledged once the inbox has taken
-        # it, so while the operator is behind the broker holds what bases send (paho would
-        # acknowledge on arrival). aiomqtt has no option for it; paho's client has.
+        acks.attach(client)
+        # Backpressure to the broker (mqtt_incoming.py): paho would acknowledge every
+        # message on arrival. aiomqtt has no option for it; paho's client has.
         client._client.manual_ack_set(True)
         # Hundreds of bases starting together mean hundreds of baseline answers in flight;
         # that is normal here, not the warning aiomqtt prints past 10.
@@ -231,15 +208,14 @@ class MqttTunnel:
                         self._probe(client, stop_probing), name="mqtt-probe"
                     )
                     try:
-                        async for message in client.messages:
+                        async for message in incoming(client):
                             self.last_delivery = time.monotonic()
                             topic = str(message.topic)
                             if topic == self.probe_topic:
                                 self.probe_returned = True
                             else:
                                 await self._dispatch(topic, message.payload)
-                            if message.qos:
-                                client._client.ack(message.mid, message.qos)
+                            self._acks.handled(message)
                     finally:
                         # The flag, not only the cancel: Python 3.11's wait_for (inside
                         # aiomqtt's publish) can swallow a cancellation, leaving this hung.

@@ -20,6 +20,7 @@ from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
 from module_controller.tunnels.decoder import DropReason
 from module_controller.tunnels.events import BaseHeartbeat, BrokerConnected
 from module_controller.tunnels.mqtt import MqttTunnel
+from module_controller.tunnels.mqtt_incoming import ACK_ON_ARRIVAL_BELOW
 from tests.private_broker import PrivateBroker
 from tests.waiting import wait_for
 
@@ -79,6 +80,54 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
             diagnose=diagnose,
             interval=0.01,
         )
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_while_few_wait_messages_are_acknowledged_on_arrival_past_the_window(
+    private_broker: PrivateBroker,
+) -> None:
+    """The broker's in-flight window (20) would otherwise cap the throughput at 20 messages
+    per round trip through a busy event loop, even with an empty inbox (mqtt_incoming.py).
+    The handling is stuck on the first message here: the client takes about the window
+    more than that, acknowledged on arrival, and then the window holds the rest back."""
+    info = private_broker.info
+    settings = private_broker.operator_settings()
+    stuck = asyncio.Event()
+
+    async def deliver(event: object) -> None:
+        if not isinstance(event, BrokerConnected):
+            stuck.set()
+            await asyncio.Event().wait()  # handled never
+
+    tunnel = MqttTunnel(settings, deliver)
+    running = asyncio.create_task(tunnel.run())
+    try:
+        await asyncio.wait_for(tunnel.connected.wait(), 10)
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for number in range(200):
+                await base.publish(
+                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
+                )
+        await asyncio.wait_for(stuck.wait(), 10)
+
+        def held() -> int:
+            return tunnel._client._queue.qsize() if tunnel._client else -1
+
+        async def past_the_window() -> bool:
+            return held() >= ACK_ON_ARRIVAL_BELOW + 10
+
+        async def diagnose() -> str:
+            return f"the client holds {held()} messages"
+
+        await wait_for(
+            past_the_window, timeout=10, what="more than the window taken", diagnose=diagnose
+        )
+        await asyncio.sleep(0.5)  # what the broker would still send, if it would
+        assert held() < 100, "the window no longer holds the broker back"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

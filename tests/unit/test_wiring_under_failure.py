@@ -170,7 +170,8 @@ async def test_what_the_client_queue_cannot_hold_is_counted_acknowledged_and_log
         for n in range(1010):  # the reader is blocked on the full inbox: nothing is taken out
             mqtt_client._on_message(mqtt_client._client, None, _paho_message(n))
     assert tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL] == 1000
-    assert acknowledged == list(range(10, 1010)), "the discarded messages were not acked"
+    # The ten taken were acknowledged on arrival (few waited: mqtt_incoming.py).
+    assert acknowledged == list(range(1010)), "the discarded messages were not acked"
     lines = [r for r in caplog.records if "queue is full" in r.getMessage().lower()]
     assert len(lines) <= 2, f"{len(lines)} warning lines for 1000 discarded messages"
 

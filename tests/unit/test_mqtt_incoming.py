@@ -1,0 +1,149 @@
+"""The MQTT client's incoming side: acknowledged on arrival while few wait, never twice, and
+read from a backlog without aiomqtt's task per message."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import aiomqtt
+import pytest
+
+from module_controller.tunnels import mqtt_incoming
+from module_controller.tunnels.mqtt_incoming import (
+    ACK_ON_ARRIVAL_BELOW,
+    Acknowledgements,
+    bounded_queue,
+    incoming,
+)
+
+
+class Paho:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+
+class Client:
+    """What the incoming side uses of an aiomqtt client."""
+
+    def __init__(self, queue: asyncio.Queue[aiomqtt.Message] | None = None) -> None:
+        self._client = Paho()
+        self._queue = queue
+        self.waited = 0
+        self.disconnected = False
+
+    @property
+    def messages(self) -> Client:
+        return self
+
+    async def __anext__(self) -> aiomqtt.Message:
+        self.waited += 1
+        assert self._queue is not None
+        if self.disconnected and self._queue.empty():
+            raise aiomqtt.MqttError("Disconnected during message iteration")
+        return await self._queue.get()
+
+
+def message(mid: int, qos: int = 1) -> aiomqtt.Message:
+    return aiomqtt.Message("koupleless_dev/b/base/heart", b"{}", qos, False, mid, None)
+
+
+def wired(size: int = 1000) -> tuple[Client, Acknowledgements, asyncio.Queue[aiomqtt.Message]]:
+    acks = Acknowledgements()
+    dropped: list[aiomqtt.Message] = []
+
+    def full(item: aiomqtt.Message) -> None:
+        dropped.append(item)
+        acks.dropped(item)
+
+    queue = bounded_queue(full, acks.arrived)(maxsize=size)
+    client = Client(queue)
+    acks.attach(cast(aiomqtt.Client, client))
+    return client, acks, queue
+
+
+async def test_messages_are_acknowledged_on_arrival_while_few_wait_and_once_each() -> None:
+    client, acks, queue = wired()
+    arrived = [message(mid) for mid in range(1, ACK_ON_ARRIVAL_BELOW + 11)]
+    for item in arrived:
+        queue.put_nowait(item)
+    # The first ones at once; past the mark, only once handled (the broker's window holds).
+    assert client._client.acked == list(range(1, ACK_ON_ARRIVAL_BELOW + 1))
+    while not queue.empty():
+        acks.handled(queue.get_nowait())
+    assert sorted(client._client.acked) == [item.mid for item in arrived]
+
+
+async def test_a_message_without_qos_is_never_acknowledged() -> None:
+    client, acks, queue = wired()
+    queue.put_nowait(message(7, qos=0))
+    acks.handled(queue.get_nowait())
+    assert client._client.acked == []
+
+
+async def test_a_message_the_full_queue_drops_is_acknowledged_all_the_same() -> None:
+    client, _acks, queue = wired(size=1)
+    queue.put_nowait(message(1))
+    with pytest.raises(asyncio.QueueFull):
+        queue.put_nowait(message(2))
+    assert client._client.acked == [1, 2]
+
+
+async def test_a_new_connection_forgets_what_the_old_one_acknowledged() -> None:
+    _client, acks, queue = wired()
+    kept = message(1)
+    queue.put_nowait(kept)  # acknowledged on arrival, on the old connection
+    fresh = Client()
+    acks.attach(cast(aiomqtt.Client, fresh))
+    acks.handled(kept)  # on the new one: its mid means nothing there, but no ack is lost
+    assert fresh._client.acked == [1]
+
+
+async def test_a_backlog_is_read_without_waiting_on_the_iterator_and_yields_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mqtt_incoming, "YIELD_EVERY", 10)
+    queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+    for mid in range(25):
+        queue.put_nowait(message(mid))
+    client = Client(queue)
+    others_ran = 0
+
+    async def other() -> None:
+        nonlocal others_ran
+        while True:
+            others_ran += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(other())
+    read: list[int] = []
+    reader = incoming(cast(aiomqtt.Client, client))
+    try:
+        await asyncio.sleep(0)
+        for _ in range(25):
+            read.append((await reader.__anext__()).mid)
+        assert read == list(range(25))
+        assert client.waited == 0, "a message that was there waited on aiomqtt's iterator"
+        assert others_ran >= 3, "25 messages read in one go held the event loop"
+        # An empty queue waits on the iterator, which ends on a disconnect.
+        client.disconnected = True
+        with pytest.raises(aiomqtt.MqttError):
+            await reader.__anext__()
+        assert client.waited == 1
+    finally:
+        running.cancel()
+        await reader.aclose()
+
+
+async def test_messages_arriving_while_waiting_are_read() -> None:
+    queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+    client = Client(queue)
+    reader = incoming(cast(aiomqtt.Client, client))
+    pending: Any = asyncio.ensure_future(reader.__anext__())
+    await asyncio.sleep(0)
+    queue.put_nowait(message(5))
+    assert (await asyncio.wait_for(pending, 1)).mid == 5
+    await reader.aclose()
