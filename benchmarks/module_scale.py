@@ -27,13 +27,21 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, config
 
-from benchmarks.harness import OPERATOR_STOP_GRACE_SECONDS, mqtt_fleet, start_operator, wait
+from benchmarks.harness import (
+    OPERATOR_STOP_GRACE_SECONDS,
+    list_and_watch,
+    mqtt_fleet,
+    start_operator,
+    wait,
+)
 from module_controller.testbed import testbed
-from module_controller.testbed.kube_reads import health_taints, is_ready
+from module_controller.testbed.kube_reads import health_taints, json_is_ready
 from tests.e2e.modules_support import deployment, set_modules
 
 ENV = "bench"
@@ -87,26 +95,21 @@ class PodWatch:
 
     async def run(self, api: client.ApiClient, namespace: str) -> None:
         core = client.CoreV1Api(api)
-        version = (await core.list_namespaced_pod(namespace)).metadata.resource_version
-        while True:
-            async with watch.Watch().stream(
-                core.list_namespaced_pod,
-                namespace,
-                resource_version=version,
-                timeout_seconds=600,
-            ) as stream:
-                async for event in stream:
-                    pod = event["object"]
-                    version = pod.metadata.resource_version
-                    name = pod.metadata.name
-                    now = time.time()
-                    self.seen.add(name)
-                    if pod.spec.node_name and name not in self.bound:
-                        self.bound[name] = now
-                        self.nodes[name] = pod.spec.node_name
-                        self.images[name] = pod.spec.containers[0].image
-                    if is_ready(pod) and name not in self.ready:
-                        self.ready[name] = now
+        await list_and_watch(api, core.list_namespaced_pod, self._see, namespace, what="pods")
+
+    def _see(self, kind: str, pod: Mapping[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        name = pod["metadata"]["name"]
+        now = time.time()
+        self.seen.add(name)
+        spec = pod.get("spec") or {}
+        if spec.get("nodeName") and name not in self.bound:
+            self.bound[name] = now
+            self.nodes[name] = spec["nodeName"]
+            self.images[name] = spec["containers"][0]["image"]
+        if json_is_ready(pod) and name not in self.ready:
+            self.ready[name] = now
 
 
 async def main(bases_count: int, deployments: int) -> None:

@@ -34,19 +34,20 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import yaml
-from kubernetes_asyncio import client, config, watch
-from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio import client, config
 
 from benchmarks import harness
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
 from module_controller.testbed import testbed
-from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainted
+from module_controller.testbed.kube_reads import json_is_ready, json_is_ready_and_untainted
 from module_controller.testbed.mosquitto import BrokerInfo
 from module_controller.testbed.operator_process import OperatorProcess
 from module_controller.testbed.process import free_port
@@ -176,22 +177,22 @@ class NodeWatch:
     """Every node of the env: whether it is Ready now, when it first was, when it was not."""
 
     def __init__(self, api: client.ApiClient) -> None:
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.ready: dict[str, bool] = {}
         self.ready_at: dict[str, float] = {}
         self.condition_at: dict[str, float] = {}  # first seen with Ready=True, taints or not
         self.lapses: list[tuple[float, str]] = []  # (wall time, node) of each Ready -> not
         self.synced = asyncio.Event()
 
-    def _see(self, node: client.V1Node, deleted: bool = False) -> None:
-        name = node.metadata.name
+    def _see(self, kind: str, node: Mapping[str, Any]) -> None:
+        name = node["metadata"]["name"]
         now = time.time()
-        if deleted:
+        if kind == "DELETED":
             self.ready.pop(name, None)
             return
-        if is_ready(node):  # what the operator writes
+        if json_is_ready(node):  # what the operator writes
             self.condition_at.setdefault(name, now)
-        ready = is_ready_and_untainted(node)  # and the node-lifecycle controller agrees
+        ready = json_is_ready_and_untainted(node)  # and the node-lifecycle controller agrees
         if ready:
             self.ready_at.setdefault(name, now)
         elif self.ready.get(name):
@@ -199,25 +200,14 @@ class NodeWatch:
         self.ready[name] = ready
 
     async def run(self) -> None:
-        while True:
-            try:
-                listed = await self.core.list_node(label_selector=SELECTOR)
-                for node in listed.items:
-                    self._see(node)
-                self.synced.set()
-                version = listed.metadata.resource_version
-                async with watch.Watch() as stream:
-                    async for event in stream.stream(
-                        self.core.list_node,
-                        label_selector=SELECTOR,
-                        resource_version=version,
-                        timeout_seconds=120,
-                    ):
-                        self._see(event["object"], deleted=event["type"] == "DELETED")
-            except ApiException as error:
-                if error.status != 410:  # 410 Gone: list again
-                    print(f"node watch: {error.status} {error.reason}; listing again", flush=True)
-                    await asyncio.sleep(1)
+        await harness.list_and_watch(
+            self.api,
+            client.CoreV1Api(self.api).list_node,
+            self._see,
+            label_selector=SELECTOR,
+            what="nodes",
+            listed=self.synced,
+        )
 
     def not_ready(self, names: set[str]) -> set[str]:
         return {name for name in names if not self.ready.get(name)}

@@ -43,6 +43,8 @@ class Result:
     pods_ready_s: float = NAN
     to_install: list[float] = field(default_factory=list)
     to_ready: list[float] = field(default_factory=list)
+    # A PATCH's round trip from this process during the release: the floor of "-> Ready".
+    api_write: list[float] = field(default_factory=list)
     window_s: float = NAN
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core by process
     writes: dict[str, float] = field(default_factory=dict)  # per second by resource
@@ -102,6 +104,7 @@ def report(r: Result) -> str:
         f"p99 {r.node_written[1]:.2f}s); all Ready {r.nodes_online_s:.1f}s after the start",
         "  " + summary("pod bound -> install sent", r.to_install),
         "  " + summary("install answered -> pod Ready", r.to_ready),
+        "  " + summary("  meanwhile, a PATCH's round trip from the benchmark", r.api_write),
         f"  all {r.pods} pods Ready {r.pods_ready_s:.1f}s after the release",
     ]
     for name in ids:

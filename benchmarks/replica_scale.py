@@ -70,6 +70,7 @@ RETRY_SECONDS = float(DEFAULTS["replica_retry_seconds"].default)
 AFTER_TAKEOVER_SECONDS = 2 * float(DEFAULTS["inventory_poll_seconds"].default)
 COMMANDS = ("installBiz", "uninstallBiz")
 PROGRESS_SECONDS = 30.0
+API_WRITE_SECONDS = 0.25
 
 
 @dataclass
@@ -179,14 +180,18 @@ def start_watches(bench: Bench) -> None:
     bench.watch(bench.nodes.run())
     bench.watch(
         harness.list_and_watch(
+            bench.api,
             coordination.list_namespaced_lease,
             bench.leases.see,
-            namespace=LEASE_NAMESPACE,
+            LEASE_NAMESPACE,
             label_selector=f"{COMPONENT_LABEL}=vnode-lease,{ENV_LABEL}={ENV}",
+            what="node Leases",
         )
     )
     bench.watch(
-        harness.list_and_watch(core.list_namespaced_pod, bench.lapses.see, namespace=PODS_NAMESPACE)
+        harness.list_and_watch(
+            bench.api, core.list_namespaced_pod, bench.lapses.see, PODS_NAMESPACE, what="pods"
+        )
     )
 
 
@@ -240,10 +245,12 @@ async def release(bench: Bench, per_base: int, result: Result) -> None:
         return len(bench.pods.ready) >= total
 
     progress = asyncio.create_task(release_progress(bench, began))
+    writes = asyncio.create_task(time_api_writes(bench, result.api_write))
     try:
         await harness.wait(all_ready, 900 + total * 0.05, f"{total} Ready module pods")
     finally:
         progress.cancel()
+        writes.cancel()
     result.pods_ready_s = max(bench.pods.ready.values()) - began
     result.cpu_release = subtract(bench.cpu(), before)
     result.to_install, result.to_ready = release_latencies(bench)
@@ -277,6 +284,22 @@ async def release_progress(bench: Bench, began: float) -> None:
             flush=True,
         )
         before = after
+
+
+async def time_api_writes(bench: Bench, seconds: list[float]) -> None:
+    """PATCH a ConfigMap every API_WRITE_SECONDS and keep each round trip: what a pod
+    status write costs on this box meanwhile, the floor under install answered -> Ready."""
+    core = client.CoreV1Api(bench.api)
+    name = "write-probe"
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data={"n": "0"})
+    await core.create_namespaced_config_map(PODS_NAMESPACE, body)
+    number = 0
+    while True:
+        await asyncio.sleep(API_WRITE_SECONDS)
+        number += 1
+        began = time.monotonic()
+        await core.patch_namespaced_config_map(name, PODS_NAMESPACE, {"data": {"n": str(number)}})
+        seconds.append(time.monotonic() - began)
 
 
 def release_latencies(bench: Bench) -> tuple[list[float], list[float]]:

@@ -3,13 +3,15 @@ readiness, and each replica's own count of the bases it owns."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-from module_controller.testbed.kube_reads import is_ready
+from module_controller.testbed.kube_reads import json_is_ready
 
 _OWNED = re.compile(r"^module_controller_bases_owned (\S+)$", re.MULTILINE)
 
@@ -27,19 +29,20 @@ class NodeLeases:
         # (renewTime, seconds since the renewal before, lease) of every renewal seen.
         self.gaps: list[tuple[float, float, str]] = []
 
-    def see(self, kind: str, lease: Any) -> None:
-        name = lease.metadata.name
+    def see(self, kind: str, lease: Mapping[str, Any]) -> None:
+        name = lease["metadata"]["name"]
         if kind == "DELETED":
             self.holders.pop(name, None)
             self.renewed.pop(name, None)
             return
-        holder = lease.spec.holder_identity or ""
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
         if self.holders.get(name) != holder:
             self.changed[name] = time.time()
         self.holders[name] = holder
-        if lease.spec.renew_time is None:
+        if not spec.get("renewTime"):
             return
-        renewed = lease.spec.renew_time.timestamp()
+        renewed = datetime.datetime.fromisoformat(spec["renewTime"]).timestamp()
         before = self.renewed.get(name)
         if before is not None and renewed > before:
             self.gaps.append((renewed, renewed - before, name))
@@ -72,9 +75,10 @@ class PodLapses:
         self.ready: dict[str, bool] = {}
         self.lapses: list[tuple[float, str]] = []
 
-    def see(self, kind: str, pod: Any) -> None:
-        name = pod.metadata.name
-        ready = kind != "DELETED" and is_ready(pod) and pod.metadata.deletion_timestamp is None
+    def see(self, kind: str, pod: Mapping[str, Any]) -> None:
+        metadata = pod["metadata"]
+        name = metadata["name"]
+        ready = kind != "DELETED" and json_is_ready(pod) and not metadata.get("deletionTimestamp")
         if self.ready.get(name) and not ready:
             self.lapses.append((time.time(), name))
         self.ready[name] = ready

@@ -1,4 +1,4 @@
-"""Whether a pod or a node is Ready, read from kubernetes_asyncio model objects."""
+"""Whether a pod or a node is Ready, read from kubernetes_asyncio model objects or JSON."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from module_controller.testbed.kube_reads import (
     health_taints,
     is_ready,
     is_ready_and_untainted,
+    json_health_taints,
+    json_is_ready,
+    json_is_ready_and_untainted,
     ready_condition,
 )
 
@@ -55,3 +58,25 @@ def test_a_node_is_ready_and_untainted_once_the_lifecycle_controller_agrees() ->
     assert is_ready_and_untainted(_node("True", "schedule.koupleless.io/virtual-node"))
     assert not is_ready_and_untainted(_node("False"))
     assert health_taints(client.V1Node()) == []
+
+
+async def test_the_json_readers_say_what_the_model_readers_say() -> None:
+    async with client.ApiClient() as api:
+        _agree_on_nodes(api)
+
+
+def _agree_on_nodes(api: client.ApiClient) -> None:
+    nodes = [
+        _node("True"),
+        _node("False"),
+        _node(None),
+        _node("True", "node.kubernetes.io/not-ready", "schedule.koupleless.io/virtual-node"),
+        _node("True", "schedule.koupleless.io/virtual-node"),
+        client.V1Node(),
+    ]
+    for node in nodes:
+        as_json = api.sanitize_for_serialization(node)
+        assert json_is_ready(as_json) == is_ready(node), as_json
+        assert json_health_taints(as_json) == health_taints(node), as_json
+        assert json_is_ready_and_untainted(as_json) == is_ready_and_untainted(node), as_json
+    assert not json_is_ready({"status": None})
