@@ -12,6 +12,8 @@ import pytest
 from kubernetes_asyncio import client
 
 from module_controller.tunnels.events import BrokerConnected
+from tests.local_server import serving
+from tests.unit.kube_watch_support import FakeApi
 from tests.unit.shards_support import FakeLeases, ShardedWired
 from tests.unit.wiring_support import Wired
 
@@ -77,3 +79,16 @@ async def sharded(api: client.ApiClient, leases: FakeLeases) -> AsyncIterator[Sh
         yield made
     finally:
         await made.wired.stop()
+
+
+# The ListWatch tests' stand-in API server, and a client of it (tests/unit/kube_watch_support.py).
+@pytest.fixture
+async def watch_server() -> AsyncIterator[tuple[FakeApi, client.ApiClient]]:
+    fake = FakeApi()
+    async with serving(fake.app()) as url:
+        api = client.ApiClient(client.Configuration(host=url))
+        try:
+            yield fake, api
+        finally:
+            fake.close()
+            await api.close()
