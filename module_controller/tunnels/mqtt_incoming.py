@@ -23,13 +23,24 @@ import aiomqtt
 ACK_ON_ARRIVAL_BELOW = 20
 # Messages handled from a backlog before the event loop gets a turn.
 YIELD_EVERY = 100
+# QoS 1 messages Mosquitto sends without our acknowledgement (max_inflight_messages).
+BROKER_WINDOW = 20
 
 
 class Acknowledgements:
     """Which messages were acknowledged on arrival, so that none is acknowledged twice."""
 
-    def __init__(self) -> None:
+    def __init__(self, queue_size: int = 0) -> None:
         self._client: aiomqtt.Client | None = None
+        # The queue must still hold the broker's window behind what was acknowledged on
+        # arrival: what it discards is acknowledged too, freeing a slot of the window for
+        # the next, and the broker would stream everything into the discard. A queue
+        # smaller than the window overflows that way whatever is acknowledged early.
+        room = queue_size - BROKER_WINDOW
+        fits = queue_size > 0 and room >= 0
+        self._ack_on_arrival_below = (
+            min(ACK_ON_ARRIVAL_BELOW, room) if fits else ACK_ON_ARRIVAL_BELOW
+        )
         self._early: set[int] = set()  # id() of messages still queued: unique while alive
 
     def attach(self, client: aiomqtt.Client) -> None:
@@ -37,7 +48,7 @@ class Acknowledgements:
         self._early.clear()
 
     def arrived(self, message: aiomqtt.Message, waiting: int) -> None:
-        if self._client is None or not message.qos or waiting > ACK_ON_ARRIVAL_BELOW:
+        if self._client is None or not message.qos or waiting > self._ack_on_arrival_below:
             return
         self._client._client.ack(message.mid, message.qos)
         self._early.add(id(message))

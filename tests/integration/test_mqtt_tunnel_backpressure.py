@@ -131,3 +131,55 @@ async def test_while_few_wait_messages_are_acknowledged_on_arrival_past_the_wind
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_client_queue_below_twice_the_window_still_holds_the_broker_back(
+    private_broker: PrivateBroker,
+) -> None:
+    """EVENT_QUEUE_SIZE may be as low as 10. Acknowledging 20 on arrival, with the broker's
+    window of 20 more behind them, would overflow a queue of 30: each message it discards
+    is acknowledged, which frees a slot of the window for the next, and the broker streams
+    everything into the discard. Without early acknowledgement a queue of 30 held."""
+    info = private_broker.info
+    size = 30
+    settings = private_broker.operator_settings(
+        event_queue_size=size, broker_probe_seconds=15, broker_suspect_seconds=20
+    )
+    stuck = asyncio.Event()
+
+    async def deliver(event: object) -> None:
+        if not isinstance(event, BrokerConnected):
+            stuck.set()
+            await asyncio.Event().wait()  # handled never
+
+    tunnel = MqttTunnel(settings, deliver)
+    running = asyncio.create_task(tunnel.run())
+    try:
+        await asyncio.wait_for(tunnel.connected.wait(), 10)
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for number in range(200):
+                await base.publish(
+                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
+                )
+        await asyncio.wait_for(stuck.wait(), 10)
+
+        def held() -> int:
+            return tunnel._client._queue.qsize() if tunnel._client else -1
+
+        def dropped() -> int:
+            return tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL]
+
+        async def filled() -> bool:
+            return held() >= size - 1 or dropped() > 0
+
+        async def diagnose() -> str:
+            return f"the client holds {held()} messages, dropped {dropped()}"
+
+        await wait_for(filled, timeout=10, what="the client queue to fill", diagnose=diagnose)
+        await asyncio.sleep(0.5)  # what the broker would still send, if it would
+        assert dropped() == 0, f"{dropped()} discarded: the broker was not held back"
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -147,3 +147,14 @@ async def test_messages_arriving_while_waiting_are_read() -> None:
     queue.put_nowait(message(5))
     assert (await asyncio.wait_for(pending, 1)).mid == 5
     await reader.aclose()
+
+
+async def test_a_short_queue_keeps_room_for_the_brokers_window_behind_early_acks() -> None:
+    """A queue of 30 with 20 acknowledged on arrival could not hold the window's 20 more."""
+    acks = Acknowledgements(queue_size=30)
+    queue = bounded_queue(acks.dropped, acks.arrived)(maxsize=30)
+    client = Client(queue)
+    acks.attach(cast(aiomqtt.Client, client))
+    for mid in range(1, 31):
+        queue.put_nowait(message(mid))
+    assert client._client.acked == list(range(1, 11))
