@@ -147,7 +147,9 @@ class MqttTunnel:
         return mqtt_client_id(self.settings)
 
     def _new_client(self) -> aiomqtt.Client:
-        acks = self._acks
+        # One per connection: a packet id means nothing on another, where a PUBACK for it
+        # would acknowledge whichever message holds that id there.
+        acks = self._acks = Acknowledgements(self.settings.event_queue_size)
 
         def discarded(message: aiomqtt.Message) -> None:
             self._client_queue_full()
@@ -181,6 +183,7 @@ class MqttTunnel:
         delay = 1.0
         while True:
             client = self._new_client()
+            acks = self._acks
             _TlsAlerts.last = None  # only what this attempt hears counts
             try:
                 async with client:
@@ -215,7 +218,7 @@ class MqttTunnel:
                                 self.probe_returned = True
                             else:
                                 await self._dispatch(topic, message.payload)
-                            self._acks.handled(message)
+                            acks.handled(message)
                     finally:
                         # The flag, not only the cancel: Python 3.11's wait_for (inside
                         # aiomqtt's publish) can swallow a cancellation, leaving this hung.
