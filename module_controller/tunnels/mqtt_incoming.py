@@ -34,9 +34,10 @@ class Acknowledgements:
         self._client: aiomqtt.Client | None = None
         # The queue must still hold the broker's window behind what was acknowledged on
         # arrival: what it discards is acknowledged too, freeing a slot of the window for
-        # the next, and the broker would stream everything into the discard. A queue
-        # smaller than the window overflows that way whatever is acknowledged early.
-        room = queue_size - BROKER_WINDOW
+        # the next, and the broker would stream everything into the discard. Half the
+        # room past the window only: the other half is for QoS 0 (our probe) arriving
+        # meanwhile. A queue smaller than the window overflows whatever is acknowledged.
+        room = (queue_size - BROKER_WINDOW) // 2
         fits = queue_size > 0 and room >= 0
         self._ack_on_arrival_below = (
             min(ACK_ON_ARRIVAL_BELOW, room) if fits else ACK_ON_ARRIVAL_BELOW

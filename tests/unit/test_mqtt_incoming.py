@@ -4,6 +4,7 @@ read from a backlog without aiomqtt's task per message."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 import aiomqtt
@@ -162,11 +163,39 @@ async def test_messages_arriving_while_waiting_are_read() -> None:
 
 
 async def test_a_short_queue_keeps_room_for_the_brokers_window_behind_early_acks() -> None:
-    """A queue of 30 with 20 acknowledged on arrival could not hold the window's 20 more."""
+    """A queue of 30 with 20 acknowledged on arrival could not hold the window's 20 more;
+    half of the 10 to spare go to acknowledgements on arrival, half to QoS 0 messages."""
     acks = Acknowledgements(queue_size=30)
     queue = bounded_queue(acks.dropped, acks.arrived)(maxsize=30)
     client = Client(queue)
     acks.attach(cast(aiomqtt.Client, client))
     for mid in range(1, 31):
         queue.put_nowait(message(mid))
-    assert client._client.acked == list(range(1, 11))
+    assert client._client.acked == list(range(1, 6))
+
+
+async def test_a_probe_arriving_while_the_window_fills_a_short_queue_loses_nothing() -> None:
+    """The operator's probe (QoS 0, every few seconds) takes a slot of the queue too. With
+    no slot to spare past the early acknowledgements and the window, the window's last
+    message is discarded and acknowledged, the broker sends the next into the discard, and
+    so on until the reader takes one: a slow reader loses most of what bases send."""
+    acks = Acknowledgements(queue_size=30)
+    discarded: list[int] = []
+
+    def full(item: aiomqtt.Message) -> None:
+        discarded.append(item.mid)
+        acks.dropped(item)
+
+    queue = bounded_queue(full, acks.arrived)(maxsize=30)
+    client = Client(queue)
+    acks.attach(cast(aiomqtt.Client, client))
+    sent = 0
+    # The broker: sends while fewer than its window (20) are unacknowledged; nobody reads.
+    while sent - len(client._client.acked) < 20 and sent < 200:
+        sent += 1
+        if sent == 15:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(message(0, qos=0))
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(message(sent))
+    assert discarded == [], f"{len(discarded)} discarded"
