@@ -180,6 +180,9 @@ def test_the_log_line_of_a_huge_bad_message_stays_short(
 class _ClientTimingOutOnExit:
     """Connects, then never delivers; on exit fails like an unacknowledged DISCONNECT."""
 
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()  # read first (mqtt_incoming.py)
+
     async def __aenter__(self) -> _ClientTimingOutOnExit:
         return self
 
