@@ -11,12 +11,15 @@ Whatever the client must still discard is counted (and acknowledged, and logged)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiomqtt
 
 from module_controller.inbox import Inbox
 from module_controller.observability.metrics import Metrics
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
+from module_controller.settings import Settings
 from module_controller.tunnels.decoder import DropReason
 from module_controller.tunnels.events import BaseHeartbeat, BrokerConnected
 from module_controller.tunnels.mqtt import MqttTunnel
@@ -26,6 +29,7 @@ from tests.waiting import wait_for
 
 MESSAGES = 500
 INBOX = 200  # well above the broker's in-flight window, as the default (10,000) is
+STUCK_MESSAGES = 200
 
 
 def heartbeat(identity: str) -> bytes:
@@ -85,15 +89,11 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
         await asyncio.gather(running, return_exceptions=True)
 
 
-async def test_while_few_wait_messages_are_acknowledged_on_arrival_past_the_window(
-    private_broker: PrivateBroker,
-) -> None:
-    """The broker's in-flight window (20) would otherwise cap the throughput at 20 messages
-    per round trip through a busy event loop, even with an empty inbox (mqtt_incoming.py).
-    The handling is stuck on the first message here: the client takes about the window
-    more than that, acknowledged on arrival, and then the window holds the rest back."""
-    info = private_broker.info
-    settings = private_broker.operator_settings()
+@contextlib.asynccontextmanager
+async def stuck_tunnel(broker: PrivateBroker, settings: Settings) -> AsyncIterator[MqttTunnel]:
+    """A tunnel whose handling is stuck for good on the first message, once a base has
+    published STUCK_MESSAGES heartbeats."""
+    info = broker.info
     stuck = asyncio.Event()
 
     async def deliver(event: object) -> None:
@@ -108,29 +108,43 @@ async def test_while_few_wait_messages_are_acknowledged_on_arrival_past_the_wind
         async with aiomqtt.Client(
             info.host, info.port, username=info.username, password=info.password
         ) as base:
-            for number in range(200):
+            for number in range(STUCK_MESSAGES):
                 await base.publish(
                     f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
                 )
         await asyncio.wait_for(stuck.wait(), 10)
+        yield tunnel
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
-        def held() -> int:
-            return tunnel._client._queue.qsize() if tunnel._client else -1
+
+def held(tunnel: MqttTunnel) -> int:
+    """How many messages wait in the tunnel's client queue."""
+    return tunnel._client._queue.qsize() if tunnel._client else -1
+
+
+async def test_while_few_wait_messages_are_acknowledged_on_arrival_past_the_window(
+    private_broker: PrivateBroker,
+) -> None:
+    """The broker's in-flight window (20) would otherwise cap the throughput at 20 messages
+    per round trip through a busy event loop, even with an empty inbox (mqtt_incoming.py).
+    The handling is stuck on the first message here: the client takes about the window
+    more than that, acknowledged on arrival, and then the window holds the rest back."""
+    settings = private_broker.operator_settings()
+    async with stuck_tunnel(private_broker, settings) as tunnel:
 
         async def past_the_window() -> bool:
-            return held() >= ACK_ON_ARRIVAL_BELOW + 10
+            return held(tunnel) >= ACK_ON_ARRIVAL_BELOW + 10
 
         async def diagnose() -> str:
-            return f"the client holds {held()} messages"
+            return f"the client holds {held(tunnel)} messages"
 
         await wait_for(
             past_the_window, timeout=10, what="more than the window taken", diagnose=diagnose
         )
         await asyncio.sleep(0.5)  # what the broker would still send, if it would
-        assert held() < 100, "the window no longer holds the broker back"
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        assert held(tunnel) < 100, "the window no longer holds the broker back"
 
 
 async def test_a_client_queue_below_twice_the_window_still_holds_the_broker_back(
@@ -140,46 +154,20 @@ async def test_a_client_queue_below_twice_the_window_still_holds_the_broker_back
     window of 20 more behind them, would overflow a queue of 30: each message it discards
     is acknowledged, which frees a slot of the window for the next, and the broker streams
     everything into the discard. Without early acknowledgement a queue of 30 held."""
-    info = private_broker.info
-    size = 30
     settings = private_broker.operator_settings(
-        event_queue_size=size, broker_probe_seconds=15, broker_suspect_seconds=20
+        event_queue_size=30, broker_probe_seconds=15, broker_suspect_seconds=20
     )
-    stuck = asyncio.Event()
-
-    async def deliver(event: object) -> None:
-        if not isinstance(event, BrokerConnected):
-            stuck.set()
-            await asyncio.Event().wait()  # handled never
-
-    tunnel = MqttTunnel(settings, deliver)
-    running = asyncio.create_task(tunnel.run())
-    try:
-        await asyncio.wait_for(tunnel.connected.wait(), 10)
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
-            for number in range(200):
-                await base.publish(
-                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
-                )
-        await asyncio.wait_for(stuck.wait(), 10)
-
-        def held() -> int:
-            return tunnel._client._queue.qsize() if tunnel._client else -1
+    async with stuck_tunnel(private_broker, settings) as tunnel:
 
         def dropped() -> int:
             return tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL]
 
         async def filled() -> bool:  # the window, and what was acknowledged on arrival
-            return held() > BROKER_WINDOW or dropped() > 0
+            return held(tunnel) > BROKER_WINDOW or dropped() > 0
 
         async def diagnose() -> str:
-            return f"the client holds {held()} messages, dropped {dropped()}"
+            return f"the client holds {held(tunnel)} messages, dropped {dropped()}"
 
         await wait_for(filled, timeout=10, what="the client queue to fill", diagnose=diagnose)
         await asyncio.sleep(0.5)  # what the broker would still send, if it would
         assert dropped() == 0, f"{dropped()} discarded: the broker was not held back"
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
