@@ -28,6 +28,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.kube import call_for_json, read_json
+from module_controller.observability.logging import one_line
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def describe(error: Exception) -> str:
         text = "timed out"
     else:
         text = f"{type(error).__name__}: {error}"
-    return repr(text[:300])[1:-1]
+    return one_line(text[:300])
 
 
 class Expired(Exception):

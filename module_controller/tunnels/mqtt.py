@@ -132,7 +132,7 @@ class MqttTunnel:
         self._deliver = deliver
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
-        self._acks = Acknowledgements(settings.event_queue_size)
+        self._acks = Acknowledgements(settings.event_queue_size)  # no connection yet
         self._on_reconnect = on_reconnect
         self._on_published = on_published
         # identity -> whether another replica owns the base: its messages other than its

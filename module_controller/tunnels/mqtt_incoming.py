@@ -30,7 +30,7 @@ BROKER_WINDOW = 20
 class Acknowledgements:
     """Which messages were acknowledged on arrival, so that none is acknowledged twice."""
 
-    def __init__(self, queue_size: int = 0) -> None:
+    def __init__(self, queue_size: int) -> None:
         self._client: aiomqtt.Client | None = None
         # The queue must still hold the broker's window behind what was acknowledged on
         # arrival: what it discards is acknowledged too, freeing a slot of the window for
@@ -38,36 +38,37 @@ class Acknowledgements:
         # room past the window only: the other half is for QoS 0 (our probe) arriving
         # meanwhile. A queue smaller than the window overflows whatever is acknowledged.
         room = (queue_size - BROKER_WINDOW) // 2
-        fits = queue_size > 0 and room >= 0
         self._ack_on_arrival_below = (
-            min(ACK_ON_ARRIVAL_BELOW, room) if fits else ACK_ON_ARRIVAL_BELOW
+            min(ACK_ON_ARRIVAL_BELOW, room) if room >= 0 else ACK_ON_ARRIVAL_BELOW
         )
         self._early: set[int] = set()  # id() of messages still queued: unique while alive
 
     def attach(self, client: aiomqtt.Client) -> None:
+        """The connection acknowledged on (made after its queue, which reports to us)."""
         self._client = client
-        self._early.clear()
 
     def arrived(self, message: aiomqtt.Message, waiting: int) -> None:
-        if self._client is None or not message.qos or waiting > self._ack_on_arrival_below:
-            return
-        self._client._client.ack(message.mid, message.qos)
-        self._early.add(id(message))
+        if waiting <= self._ack_on_arrival_below and self._ack(message):
+            self._early.add(id(message))
 
     def handled(self, message: aiomqtt.Message) -> None:
         """Acknowledge a message now that the inbox took it, unless that was done already."""
-        if not message.qos or self._client is None:
-            return
         if id(message) in self._early:
             self._early.discard(id(message))
         else:
-            self._client._client.ack(message.mid, message.qos)
+            self._ack(message)
 
     def dropped(self, message: aiomqtt.Message) -> None:
         """A message the queue could not take: acknowledged all the same, or it would hold
         a slot of the broker's in-flight window for the rest of the connection."""
-        if message.qos and self._client is not None:
-            self._client._client.ack(message.mid, message.qos)
+        self._ack(message)
+
+    def _ack(self, message: aiomqtt.Message) -> bool:
+        """Acknowledge a QoS 1 message; False for what needs none, or with no connection."""
+        if not message.qos or self._client is None:
+            return False
+        self._client._client.ack(message.mid, message.qos)
+        return True
 
 
 def bounded_queue(

@@ -58,7 +58,7 @@ def message(mid: int, qos: int = 1) -> aiomqtt.Message:
 
 
 def wired(size: int = 1000) -> tuple[Client, Acknowledgements, asyncio.Queue[aiomqtt.Message]]:
-    acks = Acknowledgements()
+    acks = Acknowledgements(size)
     dropped: list[aiomqtt.Message] = []
 
     def full(item: aiomqtt.Message) -> None:
