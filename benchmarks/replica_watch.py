@@ -3,7 +3,6 @@ readiness, and each replica's own count of the bases it owns."""
 
 from __future__ import annotations
 
-import datetime
 import re
 import time
 import urllib.request
@@ -11,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from module_controller.shards.membership import parse_time
 from module_controller.testbed.kube_reads import json_is_ready
 
 _OWNED = re.compile(r"^module_controller_bases_owned (\S+)$", re.MULTILINE)
@@ -40,9 +40,10 @@ class NodeLeases:
         if self.holders.get(name) != holder:
             self.changed[name] = time.time()
         self.holders[name] = holder
-        if not spec.get("renewTime"):
+        renewed_at = parse_time(spec.get("renewTime"))
+        if renewed_at is None:
             return
-        renewed = datetime.datetime.fromisoformat(spec["renewTime"]).timestamp()
+        renewed = renewed_at.timestamp()
         before = self.renewed.get(name)
         if before is not None and renewed > before:
             self.gaps.append((renewed, renewed - before, name))
