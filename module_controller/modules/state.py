@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from module_controller.modules import reasons
+from module_controller.modules.pods import ModulePod, module_pod_of
 from module_controller.modules.replies import (
     lock_conflict,
     mismatch_message,
@@ -18,8 +19,6 @@ from module_controller.modules.replies import (
     web_context_conflict,
     web_context_message,
 )
-from module_controller.modules.spec import UPGRADE_ANNOTATION, PodModules, pod_modules
-from module_controller.modules.status import is_ready, ready_condition
 from module_controller.modules.text import bounded
 from module_controller.protocol import (
     BatchInstallBizResponse,
@@ -27,75 +26,11 @@ from module_controller.protocol import (
     SimpleBizInfo,
     biz_key,
 )
-from module_controller.protocol.biz import ClientResponseCode
+from module_controller.protocol.biz import BizStateRecord, ClientResponseCode
 from module_controller.protocol.states import BizState
 
-
-@dataclass
-class ModulePod:
-    """A module pod as last seen in a watch event (or in the start-up listing)."""
-
-    namespace: str
-    name: str
-    uid: str
-    node_name: str | None
-    created: str
-    deleting: bool
-    wants: PodModules
-    status: dict[str, Any]
-    resource_version: str
-    deletion_seen_at: float | None = None
-    # Made by a controller (ReplicaSet, StatefulSet, ...), which replaces it when deleted.
-    owned: bool = False
-    upgrade: str = ""  # the UPGRADE_ANNOTATION's value (see spec.py)
-    seen: float = 0.0  # when this operator first saw it (clock seconds)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def age(self) -> tuple[str, float, int, str]:
-        """Sorts pods oldest first. creationTimestamp counts whole seconds: a Deployment
-        makes the new pod in the second it deletes the old one, so the order in which we
-        saw them decides a tie. After an operator restart every pod is seen at once: then
-        a pod that shows it lost to a newer one is the older, so the restart keeps which
-        pod serves; only then does the name decide."""
-        return (self.created, self.seen, 0 if self.shows_outdone else 1, self.name)
-
-    @property
-    def shows_outdone(self) -> bool:
-        """Its status says a newer pod's version or jar took its module's place."""
-        ready = ready_condition(self.status)
-        return (
-            ready is not None
-            and ready.get("status") == "False"
-            and ready.get("reason") in (reasons.SUPERSEDED, reasons.REPLACED)
-        )
-
-    @property
-    def observed_ready(self) -> bool:
-        """Its status, as last seen, says Ready."""
-        return is_ready(self.status)
-
-
-def module_pod_of(body: dict[str, Any]) -> ModulePod:
-    metadata = body.get("metadata") or {}
-    owners = metadata.get("ownerReferences") or []
-    annotations = metadata.get("annotations") or {}
-    return ModulePod(
-        namespace=str(metadata.get("namespace") or ""),
-        name=str(metadata.get("name") or ""),
-        uid=str(metadata.get("uid") or ""),
-        node_name=(body.get("spec") or {}).get("nodeName") or None,
-        created=str(metadata.get("creationTimestamp") or ""),
-        deleting=metadata.get("deletionTimestamp") is not None,
-        wants=pod_modules(body),
-        status=dict(body.get("status") or {}),
-        resource_version=str(metadata.get("resourceVersion") or ""),
-        owned=any(owner.get("controller") for owner in owners if isinstance(owner, dict)),
-        upgrade=str(annotations.get(UPGRADE_ANNOTATION) or ""),
-    )
+# Re-exported: the planner, the sync and tests name a module pod here.
+__all__ = ["BaseModules", "InstalledModule", "ModulePod", "ModuleState", "module_pod_of"]
 
 
 @dataclass
@@ -205,16 +140,20 @@ REMOVED_REMEMBERED = 10_000  # pods we deleted, remembered until the watch repor
 _SETTING_UP = frozenset({BizState.UNRESOLVED, BizState.RESOLVED})
 
 
-def _installed_of(info: SimpleBizInfo) -> InstalledModule:
+def _installed_of(
+    name: str, version: str, state: BizState, record: BizStateRecord | None
+) -> InstalledModule:
+    """From an inventory entry or an install answer's bizInfo, which carry the same records:
+    the same change time from both, so a pod written Ready on the answer is not written
+    again when the inventory lists its module."""
     # Older SOFAArk sends records without fields ({}): every field may be missing.
-    record = info.latest_state_record
     reason = getattr(record, "reason", None)
     message = getattr(record, "message", None)
     change_time = getattr(record, "change_time", None)
     return InstalledModule(
-        name=info.name,
-        version=info.version,
-        state=info.state,
+        name=name,
+        version=version,
+        state=state,
         reason=str(reason) if reason and str(reason) != "UNDEFINE" else None,
         message=str(message) if message else None,
         change_time_ms=change_time if isinstance(change_time, int) and change_time > 0 else None,
@@ -323,7 +262,10 @@ class ModuleState:
 
     def set_inventory(self, identity: str, modules: tuple[SimpleBizInfo, ...]) -> None:
         base = self.base_modules[identity]
-        base.inventory = {info.key: _installed_of(info) for info in modules}
+        base.inventory = {
+            info.key: _installed_of(info.name, info.version, info.state, info.latest_state_record)
+            for info in modules
+        }
         for key in list(base.installing):
             installed = base.inventory.get(key)
             # Still being set up (RESOLVED) is not an answer: it may vanish again.
@@ -433,8 +375,11 @@ class ModuleState:
                 if base.inventory is not None and info.biz_state is not None:
                     known = base.inventory.get(key)
                     if known is None or known.state is not info.biz_state:
-                        base.inventory[key] = InstalledModule(
-                            info.biz_name, info.biz_version, info.biz_state
+                        base.inventory[key] = _installed_of(
+                            info.biz_name,
+                            info.biz_version,
+                            info.biz_state,
+                            info.latest_state_record,
                         )
             # Without bizInfos only the inventory can tell: `installing` stays until then.
             return OperationOutcome(
@@ -488,8 +433,8 @@ class ModuleState:
         for url, entry in (data.biz_url_to_response or {}).items():
             for info in entry.biz_infos or []:  # may be absent: guard, unlike the Go code
                 if info.biz_state is not None:
-                    base.inventory[info.key] = InstalledModule(
-                        info.biz_name, info.biz_version, info.biz_state
+                    base.inventory[info.key] = _installed_of(
+                        info.biz_name, info.biz_version, info.biz_state, info.latest_state_record
                     )
                     base.urls[info.key] = url  # the jar it came from
 

@@ -157,6 +157,7 @@ def install_reply(
     biz_infos: list[tuple[str, str, str]] | None = None,
     data: bool = True,
     command: str = "installBiz",
+    changed_ms: int | None = None,
 ) -> BizOperationResponse:
     """A bizOperation reply as a base sends it over MQTT (wire-protocol.md §2.4)."""
     response: dict[str, Any] = {"code": code}
@@ -170,6 +171,11 @@ def install_reply(
             body["bizInfos"] = [
                 {"bizName": n, "bizVersion": v, "bizState": s} for n, v, s in biz_infos
             ]
+            if changed_ms is not None:  # each one's state record, as SOFAArk >= 2.2.9 sends
+                for info in body["bizInfos"]:
+                    info["bizStateRecords"] = [
+                        {"changeTime": changed_ms, "state": info["bizState"]}
+                    ]
         response["data"] = body
     payload = {"command": command, "bizName": name, "bizVersion": version, "response": response}
     return decode(BizOperationResponse, payload)

@@ -8,6 +8,8 @@ from module_controller.modules.planner import plan_base
 from module_controller.modules.spec import pod_modules
 from module_controller.modules.state import BaseModules, ModuleState
 from module_controller.modules.status import is_ready, shows_ready
+from module_controller.protocol import SimpleBizInfo
+from module_controller.protocol.biz import BizStateRecord
 from module_controller.protocol.states import BizState
 from tests.unit.modules_support import (
     NEWER,
@@ -211,6 +213,25 @@ def test_a_pod_deleted_while_its_install_is_in_flight_leaves_nothing_on_the_base
         (t, b.key) for t in range(3, 30) for b in plan_base([], base, context(t)).uninstalls
     ]
     assert uninstalled[:1] == [(3, "biz1:1")], "the module a deleted pod asked for stays"
+
+
+def test_a_pod_written_ready_on_its_install_answer_is_not_written_again_by_the_inventory() -> None:
+    """The answer's bizInfo and the inventory carry the same state record: the start time
+    the pod shows is the same from both, so the inventory's arrival changes nothing."""
+    state = fresh()
+    base = state.base_modules[BASE]
+    new = pod("a", [("biz1", "1")])
+    assert plan_base([new], base, context(0)).installs
+    answer = install_reply("biz1", "1", biz_infos=[("biz1", "1", "ACTIVATED")], changed_ms=5000)
+    state.apply_operation(BASE, answer, 0.05)
+    answered = plan_base([new], base, context(0.05))
+    assert [is_ready(status) for _, status in answered.writes] == [True]
+    settle(answered)
+    listed = SimpleBizInfo(
+        name="biz1", version="1", state=ACTIVE, latest_state_record=BizStateRecord(change_time=5000)
+    )
+    state.set_inventory(BASE, (listed,))
+    assert plan_base([new], base, context(0.1)).writes == []
 
 
 # --- bookkeeping ----------------------------------------------------------------------------
