@@ -27,6 +27,9 @@ from module_controller.modules.status import (
 from module_controller.modules.text import bounded, first_line
 from module_controller.protocol.states import BizState
 
+# How long a new pod's first status waits for its install's answer (see _first_status_waits).
+FIRST_STATUS_WAIT_SECONDS = 1.0
+
 # Per module name: (age, version) of the pod that serves it on the base.
 Serving = dict[str, tuple[tuple[str, float, int, str], str]]
 
@@ -120,6 +123,8 @@ def plan_statuses(
     ]
     others: list[StatusWrite] = []
     for pod in live:
+        views: list[ModuleView] = []
+        blocker: tuple[str, str] | None = None
         if not pod.wants.valid:
             status = invalid_status(pod, context.base_ip, context.wall)
         else:
@@ -133,11 +138,43 @@ def plan_statuses(
             continue
         if shows_ready(pod.status) and not is_ready(status):
             going_down.append((pod, status))
+            continue
+        # A displaced or superseded pod is told at once.
+        waits_until = None if blocker else _first_status_waits(pod, views, base, context.now)
+        if waits_until is not None:
+            plan.wake(waits_until)
         else:
             others.append((pod, status))
     # Lists are already oldest first: `live` is sorted by creation time.
     plan.going_down = going_down
     plan.status_writes = others
+
+
+def _first_status_waits(
+    pod: ModulePod, views: list[ModuleView], base: BaseModules, now: float
+) -> float | None:
+    """Until when a new pod's first status waits for the answer to its install, or None.
+
+    A module pod is written for the first time once its install is sent. An answer that
+    comes within FIRST_STATUS_WAIT_SECONDS (most do) makes its first status Ready: had
+    ModuleInstalling been written, the Ready write would wait for that one to finish. A
+    pod showing no Ready condition is 0/1 either way; past the wait it shows
+    ModuleInstalling, as it does for a slow install.
+    """
+    if not views or any(c.get("type") == "Ready" for c in pod.status.get("conditions") or []):
+        return None
+    sent_at: list[float] = []
+    for view in views:
+        if view.installed is not None and view.installed.state is BizState.ACTIVATED:
+            continue
+        sent = base.installing.get(view.spec.key)
+        if view.installed is not None or view.waiting is not None or sent is None:
+            return None  # something else than an install in flight: say it now
+        sent_at.append(sent)
+    if not sent_at:
+        return None
+    until = max(sent_at) + FIRST_STATUS_WAIT_SECONDS
+    return until if now < until else None
 
 
 def _pod_events(

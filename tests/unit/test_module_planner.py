@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from module_controller.modules import reasons
 from module_controller.modules.planner import PlanContext, plan_base
+from module_controller.modules.serving import FIRST_STATUS_WAIT_SECONDS
 from module_controller.modules.spec import pod_modules
 from module_controller.modules.state import BaseModules, InstalledModule, ModulePod
 from module_controller.modules.status import fingerprint, is_ready
@@ -287,3 +289,38 @@ def test_a_deleted_pod_on_a_silent_base_is_removed_at_once() -> None:
     plan = plan_base([leaving], base, context(ready=False))
     assert plan.deletions == [leaving]
     assert plan.uninstalls == [], "nothing is sent to a base that does not answer"
+
+
+def test_a_new_pods_first_status_waits_a_moment_for_its_install_answer() -> None:
+    """An answer within the wait makes Ready the pod's first write: had ModuleInstalling
+    been written with the install, the Ready write would queue behind it."""
+    base = BaseModules(inventory={})
+    new = pod("a", [("biz1", "1")])
+    sent = plan_base([new], base, context(now=10))
+    assert [spec.key for spec in sent.installs] == ["biz1:1"]
+    assert sent.writes == [], "nothing to say yet that the answer will not say soon"
+    assert sent.wake_at == 10 + FIRST_STATUS_WAIT_SECONDS
+    base.inventory = inventory(biz1__1=BizState.ACTIVATED)
+    base.installing.clear()
+    answered = plan_base([new], base, context(now=10.05))
+    assert [(p.name, is_ready(s)) for p, s in answered.writes] == [("a", True)]
+
+
+def test_a_slow_install_shows_module_installing_once_the_wait_is_over() -> None:
+    base = BaseModules(inventory={})
+    new = pod("a", [("biz1", "1")])
+    plan_base([new], base, context(now=10))
+    assert plan_base([new], base, context(now=10.5)).writes == []
+    [(_, status)] = plan_base([new], base, context(now=10 + FIRST_STATUS_WAIT_SECONDS)).writes
+    assert not is_ready(status)
+    assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == reasons.INSTALLING
+
+
+def test_a_pod_that_was_told_before_is_told_with_the_install() -> None:
+    base = BaseModules(inventory={})
+    told = pod("a", [("biz1", "1")])
+    told.status = {"conditions": [{"type": "Ready", "status": "False", "reason": "BaseDown"}]}
+    plan = plan_base([told], base, context(now=10))
+    assert [spec.key for spec in plan.installs] == ["biz1:1"]
+    [(_, status)] = plan.writes
+    assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == reasons.INSTALLING

@@ -7,6 +7,7 @@ from typing import Any
 
 from module_controller.modules import reasons
 from module_controller.modules.planner import plan_base
+from module_controller.modules.serving import FIRST_STATUS_WAIT_SECONDS
 from module_controller.modules.spec import pod_modules
 from module_controller.modules.state import BaseModules
 from module_controller.modules.status import is_ready, needs_write, not_ready_status
@@ -131,5 +132,6 @@ def test_a_huge_biz_version_is_cut_in_conditions_and_events() -> None:
 def test_ready_needs_the_pods_own_version_activated() -> None:
     base = BaseModules(inventory=inventory(("biz1:1", BizState.ACTIVATED)))
     other = pod("a", [("biz1", "2")])
-    [(_, status)] = plan_base([other], base, context()).writes
+    plan_base([other], base, context())  # sends the install of biz1:2
+    [(_, status)] = plan_base([other], base, context(now=FIRST_STATUS_WAIT_SECONDS)).writes
     assert not is_ready(status)

@@ -196,11 +196,15 @@ async def test_the_inventory_query_after_an_answer_does_not_wait_for_a_busy_work
         return await patch(name, namespace, body)
 
     wired.cluster.patch_namespaced_pod_status = slow_patch  # type: ignore[method-assign]
+    # Told NotReady before (its base went silent): it is told ModuleInstalling with the
+    # install, not after a wait for the answer as a new pod is.
+    told = module_pod("p1", "1", node)
+    told["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "BaseDown"}]
     try:
         await wired.say(
             heartbeat(),
             BaseInventory(IDENTITY, ()),
-            ModulePodChanged("ADDED", module_pod("p1", "1", node)),
+            ModulePodChanged("ADDED", told),
         )
         await wired.until_logged(("install", "biz1:1"))
         await asyncio.wait_for(patching.wait(), 5)  # the worker now waits on the API server
