@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 from kubernetes_asyncio import client
 
 from module_controller.kube_watch import ListWatch
 from module_controller.simulator.config import BaseConfig, MqttSettings
 from module_controller.simulator.fleet import Fleet
 from module_controller.testbed import process, testbed
+from module_controller.testbed.mosquitto import BrokerInfo
 from module_controller.testbed.operator_process import (
     COMMAND,
     OperatorProcess,
@@ -118,3 +121,46 @@ async def list_and_watch(
     if listed is not None:
         listed.set()
     await watch.run()
+
+
+class InstallReplies:
+    """Each base's answer to each module's first successful install, read off the broker:
+    when the base stamped it (publishTimestamp) and when it reached a subscriber here.
+
+    The two differ by what holds the answer in the base's socket: an instant answer sent
+    right after the base's PUBACK of a QoS 1 command waits for the broker's delayed TCP
+    ACK (Nagle's algorithm, about 40 ms), as paho leaves it on. Where "install reply ->
+    pod Ready" starts, the operator's share, is the arrival.
+    """
+
+    def __init__(self, broker: BrokerInfo, env: str) -> None:
+        self.broker = broker
+        self.env = env
+        self.stamped: dict[tuple[str, str], float] = {}  # (base identity, bizName) -> time
+        self.arrived: dict[tuple[str, str], float] = {}
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            identifier=f"benchmark-install-replies-{self.env}",
+        ) as listener:
+            await listener.subscribe(f"koupleless_{self.env}/+/base/bizOperation", qos=0)
+            self.subscribed.set()
+            async for message in listener.messages:
+                if isinstance(message.payload, bytes):
+                    identity = str(message.topic).split("/")[1]
+                    self._see(identity, json.loads(message.payload), time.time())
+
+    def _see(self, identity: str, envelope: dict[str, Any], now: float) -> None:
+        data = envelope.get("data") or {}
+        if data.get("command") != "installBiz":
+            return
+        if (data.get("response") or {}).get("code") != "SUCCESS":
+            return
+        key = (identity, str(data.get("bizName")))
+        self.stamped.setdefault(key, envelope["publishTimestamp"] / 1000)
+        self.arrived.setdefault(key, now)

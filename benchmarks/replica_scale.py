@@ -9,7 +9,9 @@ product's default timings), then ``--bases`` N simulated bases (MQTT, a heartbea
 * bases per replica, from the holders of the node Leases (and each replica's own
   ``module_controller_bases_owned``);
 * first heartbeat -> node Ready and untainted, p50 / p99; pod bound -> installBiz at the
-  base and install answered -> pod Ready, p50 / p99; the time until all N x P pods are Ready;
+  base; the base's install reply -> pod Ready, from the reply's arrival on the broker (the
+  operator's share) and from its publishTimestamp (see harness.InstallReplies), p50 / p99;
+  the time until all N x P pods are Ready;
 * each replica's CPU seconds to bring the bases online and to release the pods; then, over
   a steady window of ``--steady`` seconds once everything is Ready and settled, each
   process's CPU (% of one core), each replica's RSS, API writes per second (kube-apiserver's
@@ -89,6 +91,7 @@ class Bench:
     replicas: list[Replica] = field(default_factory=list)
     fleet: Fleet | None = None
     hearts: node_scale.FirstHeartbeats | None = None
+    replies: harness.InstallReplies | None = None
     nodes: node_scale.NodeWatch | None = None
     leases: NodeLeases = field(default_factory=NodeLeases)
     pods: PodWatch = field(default_factory=PodWatch)
@@ -173,10 +176,12 @@ async def start_replicas(bench: Bench, count: int, work: Path, profile: Path | N
 def start_watches(bench: Bench) -> None:
     assert bench.state.broker is not None
     bench.hearts = node_scale.FirstHeartbeats(bench.state.broker)
+    bench.replies = harness.InstallReplies(bench.state.broker, ENV)
     bench.nodes = node_scale.NodeWatch(bench.api)
     coordination = client.CoordinationV1Api(bench.api)
     core = client.CoreV1Api(bench.api)
     bench.watch(bench.hearts.run())
+    bench.watch(bench.replies.run())
     bench.watch(bench.nodes.run())
     bench.watch(
         harness.list_and_watch(
@@ -199,6 +204,8 @@ async def bring_bases_online(bench: Bench, count: int, result: Result) -> None:
     assert bench.hearts is not None and bench.nodes is not None
     bench.fleet = harness.mqtt_fleet(bench.state, ENV, first_ip=FIRST_IP)
     await asyncio.wait_for(bench.hearts.subscribed.wait(), 30)
+    assert bench.replies is not None
+    await asyncio.wait_for(bench.replies.subscribed.wait(), 30)
     await asyncio.wait_for(bench.nodes.synced.wait(), 30)
     before = bench.cpu()
     latencies, written, result.nodes_online_s = await node_scale.bring_online(
@@ -253,7 +260,7 @@ async def release(bench: Bench, per_base: int, result: Result) -> None:
         writes.cancel()
     result.pods_ready_s = max(bench.pods.ready.values()) - began
     result.cpu_release = subtract(bench.cpu(), before)
-    result.to_install, result.to_ready = release_latencies(bench)
+    result.to_install, result.to_ready, result.stamped_to_ready = release_latencies(bench)
 
 
 def process_pids(bench: Bench) -> dict[str, int]:
@@ -302,18 +309,24 @@ async def time_api_writes(bench: Bench, seconds: list[float]) -> None:
         seconds.append(time.monotonic() - began)
 
 
-def release_latencies(bench: Bench) -> tuple[list[float], list[float]]:
-    """(pod bound -> its base got installBiz, that -> pod Ready) over the Ready pods."""
+def release_latencies(bench: Bench) -> tuple[list[float], list[float], list[float]]:
+    """Over the Ready pods: pod bound -> its base got installBiz, and the base's install
+    reply -> pod Ready, from the reply's arrival on the broker and from its stamp."""
+    assert bench.replies is not None
     by_node = {node_scale.NODE_PREFIX + base.identity: base for base in bench.bases}
-    to_install, to_ready = [], []
+    to_install, to_ready, stamped_to_ready = [], [], []
     for pod, ready_at in bench.pods.ready.items():
         module = pod.rsplit("-", 2)[0]
-        installs = by_node[bench.pods.nodes[pod]].received("installBiz")
+        base = by_node[bench.pods.nodes[pod]]
+        installs = base.received("installBiz")
         sent = next((c.at for c in installs if c.payload.get("bizName") == module), None)
         if sent is not None:
             to_install.append(sent - bench.pods.bound[pod])
-            to_ready.append(ready_at - sent)
-    return to_install, to_ready
+        reply = (base.identity, module)
+        if reply in bench.replies.arrived:
+            to_ready.append(ready_at - bench.replies.arrived[reply])
+            stamped_to_ready.append(ready_at - bench.replies.stamped[reply])
+    return to_install, to_ready, stamped_to_ready
 
 
 async def steady(bench: Bench, seconds: float, result: Result) -> None:
