@@ -64,7 +64,7 @@ class NodeSyncer:
         settings: Settings,
         registry: BaseRegistry,
         api: client.ApiClient,
-        workers: int = 8,
+        workers: int = 24,
         owner: OwnerGate | None = None,
     ) -> None:
         self.settings = settings
