@@ -123,6 +123,17 @@ async def list_and_watch(
     await watch.run()
 
 
+def broker_listener(broker: BrokerInfo, identifier: str) -> aiomqtt.Client:
+    """A client of the testbed's broker, for a benchmark to read what bases send."""
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.username,
+        password=broker.password,
+        identifier=identifier,
+    )
+
+
 class InstallReplies:
     """Each base's answer to each module's first successful install, read off the broker:
     when the base stamped it (publishTimestamp) and when it reached a subscriber here.
@@ -141,12 +152,8 @@ class InstallReplies:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=f"benchmark-install-replies-{self.env}",
+        async with broker_listener(
+            self.broker, f"benchmark-install-replies-{self.env}"
         ) as listener:
             await listener.subscribe(f"koupleless_{self.env}/+/base/bizOperation", qos=0)
             self.subscribed.set()

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import yaml
 from kubernetes_asyncio import client, config
 
@@ -156,12 +155,8 @@ class FirstHeartbeats:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier="node-scale-benchmark-listener",
+        async with harness.broker_listener(
+            self.broker, "node-scale-benchmark-listener"
         ) as listener:
             await listener.subscribe(f"koupleless_{ENV}/+/base/heart", qos=0)
             self.subscribed.set()
