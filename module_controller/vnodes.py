@@ -235,6 +235,9 @@ class NodeSyncer:
         except ApiException as error:
             if error.status != 404:
                 raise
+        # A first Lease still being written would land after this delete (and be taken
+        # away only when its answer comes): let that write end first.
+        await self.first_leases.settled(name)
         await self._delete_lease(name)
         if existed:
             log.info("Deleted node %s and its lease.", name)

@@ -9,8 +9,10 @@ deadline, for what must come out.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client
 
 from module_controller.inbox import Inbox, ModulePodChanged, NodeDeleted
@@ -214,17 +216,25 @@ async def test_the_module_pods_gauge_is_counted_every_few_seconds_not_every_tick
     assert counted == 2
 
 
-async def test_a_lease_made_while_its_node_is_deleted_goes_with_the_node(wired: Wired) -> None:
+async def test_a_lease_made_while_its_node_is_deleted_goes_with_the_node(
+    wired: Wired, caplog: pytest.LogCaptureFixture
+) -> None:
     """A new node's Lease is written apart from the node sync: when the node is deleted
-    while that write is in flight, the Lease must not outlive it."""
+    while that write is in flight, the Lease must not outlive it, not even until the
+    write's answer comes (an e2e test reads the Lease as soon as the node is gone)."""
+    caplog.set_level(logging.INFO, logger="module_controller.vnodes")
     node = wired.registry.node_name_for(IDENTITY)
     create = wired.cluster.create_namespaced_lease
-    writing, go_on = asyncio.Event(), asyncio.Event()
+    writing, commit, answer = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_create(namespace: str, body: dict[str, Any], **_: Any) -> None:
         writing.set()
-        await go_on.wait()
-        await create(namespace, body)
+        await commit.wait()
+        await create(namespace, body)  # the API server has it now...
+        await answer.wait()  # ...and says so only later
+
+    def deleted_logged() -> bool:
+        return any(f"Deleted node {node}" in r.getMessage() for r in caplog.records)
 
     wired.cluster.create_namespaced_lease = slow_create  # type: ignore[method-assign]
     await wired.say(heartbeat())
@@ -233,6 +243,9 @@ async def test_a_lease_made_while_its_node_is_deleted_goes_with_the_node(wired: 
     await wired.say(wired.tick())
     await wired.say(wired.tick())
     await wired.until_logged(("delete node", node))
-    go_on.set()
-    await wired.until_logged(("create lease", node))  # it was made after all...
-    await wired.until("the late Lease deleted", lambda: node not in wired.cluster.leases)
+    commit.set()
+    await wired.until_logged(("create lease", node))  # it was made after all
+    assert not deleted_logged(), "the node's deletion was done while its Lease was there"
+    answer.set()
+    await wired.until("the node's deletion done", deleted_logged)
+    assert node not in wired.cluster.leases
