@@ -141,7 +141,9 @@ class NodeSyncer:
     async def sync(self, name: str) -> None:
         record = self.registry.base_of_node(name)
         if record is None:
-            if self.owner.holds(name):
+            # A node made here whose Lease is not written yet (its base left at once) is
+            # this replica's to delete too, or it would stay with no Lease, for good.
+            if self.owner.holds(name) or (name in self.existing and self.owner.unclaimed(name)):
                 await self._delete(name)
             else:
                 self.existing.pop(name, None)

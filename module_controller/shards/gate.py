@@ -14,6 +14,8 @@ class OwnerGate(Protocol):
     # Holds the node's Lease as read from the cluster: the node exists already.
     def holds_lease(self, node_name: str) -> bool: ...
     def may_write_node(self, node_name: str, identity: str) -> bool: ...
+    # No Lease of the node is known: a node this replica made is still its own to delete.
+    def unclaimed(self, node_name: str) -> bool: ...
     async def lease_written(self, name: str, lease: Any) -> None: ...
     def lost(self, name: str) -> None: ...
 
@@ -26,6 +28,9 @@ class SoleOwner:
         return False  # no Leases read: a node not made by this process is created
 
     def may_write_node(self, node_name: str, identity: str) -> bool:
+        return True
+
+    def unclaimed(self, node_name: str) -> bool:
         return True
 
     async def lease_written(self, name: str, lease: Any) -> None:

@@ -125,6 +125,11 @@ class Ownership:
         view = self._table.get(node_name)
         return view is not None and view.holder not in ("", self.me)
 
+    def unclaimed(self, node_name: str) -> bool:
+        """No Lease of the node is known and this replica may act: a node it made whose
+        Lease is not written yet is its own to delete."""
+        return self._may_act() and node_name not in self._handing and node_name not in self._table
+
     def holds_lease(self, node_name: str) -> bool:
         """Held, and its Lease is in the table: the node exists (made by an earlier owner)."""
         return self.holds(node_name)

@@ -320,3 +320,34 @@ async def test_a_node_create_that_conflicts_then_reads_404_is_tried_again(
         retried = True  # the work queue retries with back-off
     retried = retried or name in syncer.queue._pending or name in syncer.queue._retries
     assert retried, "the node of a live base is never created: nobody tries again"
+
+
+async def test_a_base_that_leaves_while_its_node_is_created_leaves_no_node(
+    sharded: ShardedWired,
+) -> None:
+    """Found by the e2e fuzz test: a base said DEACTIVATED right after its first heartbeat,
+    while its node was being created. The sync after the create found no base and deleted
+    the node only if this replica held its Lease, which was not written yet: the node was
+    forgotten, not deleted, and stayed (no Lease, NodeStatusUnknown) for good."""
+    wired = sharded.wired
+    name = wired.registry.node_name_for(IDENTITY)
+    await sharded.replicas_round()
+    creating, go_on = asyncio.Event(), asyncio.Event()
+    create_node = wired.cluster.create_node
+
+    async def held_create(body: dict[str, Any], **_: Any) -> Any:
+        creating.set()
+        await go_on.wait()
+        return await create_node(body)
+
+    wired.cluster.create_node = held_create  # type: ignore[method-assign]
+    await wired.say(heartbeat())
+    await asyncio.wait_for(creating.wait(), 5)
+    leaving = heartbeat()
+    leaving.status.state = BizState.DEACTIVATED
+    await wired.say(leaving)
+    go_on.set()
+    await wired.until_logged(("create node", name))
+    await sharded.settle()
+    assert name not in wired.cluster.nodes, "the node of a base gone outlived it"
+    assert sharded.leases.holder(name) is None
