@@ -138,9 +138,8 @@ class InstallReplies:
     """Each base's answer to each module's first successful install, read off the broker:
     when the base stamped it (publishTimestamp) and when it reached a subscriber here.
 
-    The two differ by what holds the answer in the base's socket: an instant answer sent
-    right after the base's PUBACK of a QoS 1 command waits for the broker's delayed TCP
-    ACK (Nagle's algorithm, about 40 ms), as paho leaves it on. Where "install reply ->
+    The two differ by what holds the answer in the base's socket (about 40 ms while
+    commands went at QoS 1: see COMMAND_QOS in tunnels/mqtt.py). Where "install reply ->
     pod Ready" starts, the operator's share, is the arrival.
     """
 

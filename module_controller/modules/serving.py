@@ -22,6 +22,7 @@ from module_controller.modules.status import (
     is_ready,
     needs_write,
     not_ready_status,
+    ready_condition,
     shows_ready,
 )
 from module_controller.modules.text import bounded, first_line
@@ -161,7 +162,7 @@ def _first_status_waits(
     pod showing no Ready condition is 0/1 either way; past the wait it shows
     ModuleInstalling, as it does for a slow install.
     """
-    if not views or any(c.get("type") == "Ready" for c in pod.status.get("conditions") or []):
+    if not views or ready_condition(pod.status) is not None:
         return None
     sent_at: list[float] = []
     for view in views:

@@ -100,8 +100,8 @@ _client_log.addFilter(_TlsAlerts())
 
 # Arklet commands go at QoS 0, as the Go controller sends them. At QoS 1 the base
 # acknowledges the command first, and an answer it sends at once then waits in its socket
-# for the broker's delayed TCP ACK of that PUBACK (Nagle's algorithm, which paho and Java
-# sockets leave on): 43.6 ms a round trip against 1.3 ms, measured here on Mosquitto 2.0.11.
+# for the broker's delayed TCP ACK of that PUBACK (Nagle's algorithm, which paho leaves
+# on): 43.6 ms a round trip against 1.3 ms, measured here on Mosquitto 2.0.11.
 # QoS 1 bought nothing in return: a command lost with the connection is not sent again on
 # reconnect either way, but when its answer is overdue (the planner's timeouts and polls).
 COMMAND_QOS = 0
