@@ -284,6 +284,16 @@ class BaseRegistry:
         record.memory_allocatable_bytes = max(allocatable, 0)
         return [record.node_name]
 
+    def memory_shown(self, node_name: str, memory: tuple[int, int] | None) -> None:
+        """The memory another replica's node shows for its base. Only a base's owner hears
+        its health: a replica taking the base over starts from these figures, so its first
+        write of the node keeps them instead of flapping them to the default."""
+        record = self.base_of_node(node_name)
+        if record is not None:
+            capacity, allocatable = memory if memory is not None else (None, None)
+            record.memory_capacity_bytes = capacity
+            record.memory_allocatable_bytes = allocatable
+
     def broker_down(self) -> None:
         """Silence now means nothing: liveness clocks stop until the broker is back."""
         self.broker_connected = False

@@ -45,7 +45,7 @@ from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.tunnels.http_server import HttpTunnelServer
 from module_controller.tunnels.mqtt import MqttTunnel
 from module_controller.tunnels.router import TunnelRouter
-from module_controller.vnode_manifest import LEASE_NAMESPACE, node_selector
+from module_controller.vnode_manifest import LEASE_NAMESPACE, memory_of, node_selector
 from module_controller.vnodes import NodeSyncer
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,11 @@ class Runtime:
             listener(body)
 
     async def _vnode_seen(self, body: Mapping[str, Any]) -> None:
+        name = str(body["metadata"]["name"])
+        if self.ownership.held_by_another(name):
+            self.registry.memory_shown(name, memory_of(body, self.settings))
         if self.peers is not None:
-            self.peers.node_seen(str(body["metadata"]["name"]), body)
+            self.peers.node_seen(name, body)
 
     async def _vnode_gone(self, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])

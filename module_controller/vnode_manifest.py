@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,7 @@ def transitions_of(node: dict[str, Any]) -> Transitions:
     }
 
 
-def memory_of(node: dict[str, Any], settings: Settings) -> tuple[int, int] | None:
+def memory_of(node: Mapping[str, Any], settings: Settings) -> tuple[int, int] | None:
     """(capacity, allocatable) bytes a base reported, as its node shows them, if any.
 
     An adopted node keeps them until its base reports again, so a restart does not flap

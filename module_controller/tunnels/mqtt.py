@@ -1,8 +1,9 @@
 """The MQTT tunnel: one broker connection, kept up for the operator's whole life.
 
-It subscribes again after every reconnect (the Go controller loses its per-base
-subscriptions on reconnect), decodes every message into the protocol's models before
-anything else sees it, drops what is malformed, oversized, stale or spoofed with a counted
+It subscribes every base's heartbeats, and a base's answers only before sending it a
+command (tunnels/mqtt_answers.py), again on every connection (the Go controller loses its
+per-base subscriptions on reconnect). It decodes every message into the protocol's models
+before anything else sees it, drops what is malformed, oversized, stale or spoofed with a counted
 reason and a rate-limited log line, and publishes commands at QoS 0 as the Go controller
 does, but without its retain flag (its retained commands replay on every base reconnect).
 """
@@ -26,7 +27,7 @@ from module_controller.protocol import (
     encode,
 )
 from module_controller.protocol.biz import Baseline
-from module_controller.protocol.topics import base_topic, env_root
+from module_controller.protocol.topics import PER_BASE_TOPICS, base_topic, env_root
 from module_controller.settings import Settings
 from module_controller.tasks import raise_if_cancelling
 from module_controller.tunnels.decoder import DropHook, DropReason, MessageDecoder
@@ -36,26 +37,23 @@ from module_controller.tunnels.events import (
     TunnelEvent,
     TunnelUnavailable,
 )
+from module_controller.tunnels.mqtt_answers import AnswerSubscriptions
 from module_controller.tunnels.mqtt_errors import describe_mqtt_error
 from module_controller.tunnels.mqtt_incoming import Acknowledgements, bounded_queue, incoming
 from module_controller.tunnels.tls import mqtt_tls_context
 
 log = logging.getLogger(__name__)
 
-# The base -> controller topics the operator listens to, for every base of its env.
-SUBSCRIBED_KINDS = (
-    BaseTopic.HEART,
-    BaseTopic.QUERY_BASELINE,
-    BaseTopic.HEALTH,
-    BaseTopic.SIMPLE_BIZ,
-    BaseTopic.BIZ,
-    BaseTopic.BIZ_OPERATION,
-    BaseTopic.BATCH_INSTALL_BIZ_RESPONSE,
-)
+# The base -> controller topics every replica listens to, for every base of its env.
+WILDCARD_KINDS = (BaseTopic.HEART, BaseTopic.QUERY_BASELINE)
+# All it may receive: the rest only from the bases it commands (tunnels/mqtt_answers.py).
+SUBSCRIBED_KINDS = WILDCARD_KINDS + PER_BASE_TOPICS
+_ANSWER_KINDS = frozenset(PER_BASE_TOPICS)
 
 
 def subscriptions(env: str) -> list[str]:
-    return [f"{env_root(env)}/+/base/{kind}" for kind in SUBSCRIBED_KINDS]
+    """The wildcards subscribed on every connection."""
+    return [f"{env_root(env)}/+/base/{kind}" for kind in WILDCARD_KINDS]
 
 
 def mqtt_client_id(settings: Settings) -> str:
@@ -106,9 +104,9 @@ _client_log.addFilter(_TlsAlerts())
 # reconnect either way, but when its answer is overdue (the planner's timeouts and polls).
 COMMAND_QOS = 0
 
-# Decoded whoever owns the base: its liveness, and its health (the node's capacity comes
-# from it, so that a replica taking the base over writes the node as it was).
-HEARD_FROM_EVERY_BASE = frozenset({BaseTopic.HEART, BaseTopic.HEALTH})
+# Decoded whoever owns the base: its liveness. (A replica taking a base over starts from
+# the memory figures its node shows, not from health answers it never received.)
+HEARD_FROM_EVERY_BASE = frozenset({BaseTopic.HEART})
 
 
 class MqttTunnel:
@@ -140,6 +138,7 @@ class MqttTunnel:
         self._deliver = deliver
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
+        self._answers: AnswerSubscriptions | None = None  # those of self._client
         self._acks = Acknowledgements(settings.event_queue_size)  # no connection yet
         self._on_reconnect = on_reconnect
         self._on_published = on_published
@@ -200,13 +199,14 @@ class MqttTunnel:
                     await client.subscribe(self.probe_topic, qos=0)
                     self.last_delivery = time.monotonic()
                     self.probe_returned = False
+                    self._answers = AnswerSubscriptions.of(self.settings.env, client)
                     self._client = client
                     self.connections += 1
                     if self.connections > 1 and self._on_reconnect is not None:
                         self._on_reconnect()
                     self.connected.set()
                     log.info(
-                        "Connected to the MQTT broker %s:%d as %s; listening on %s/+/base/...",
+                        "Connected to the MQTT broker %s:%d as %s; listening on %s/+/base/heart",
                         self.settings.mqtt_broker,
                         self.settings.mqtt_port,
                         self.client_id,
@@ -253,6 +253,9 @@ class MqttTunnel:
             finally:
                 was_connected = self._client is client
                 self._client = None
+                if self._answers is not None:
+                    self._answers.close()
+                    self._answers = None
                 self.connected.clear()
             # Also when it never connected: /readyz must say why, not "not reported yet".
             await self._deliver(BrokerDisconnected(reason, was_connected))
@@ -311,7 +314,11 @@ class MqttTunnel:
             and parts[3] not in HEARD_FROM_EVERY_BASE
             and self._not_ours(parts[1])
         ):
-            return  # another replica's base: it decodes and acts on this one
+            # Another replica's base: it decodes and acts on this one. Its answers came on
+            # our subscription of when it was ours: they are not ours to receive now.
+            if self._answers is not None and parts[3] in _ANSWER_KINDS:
+                self._answers.forget(parts[1])
+            return
         event = self.decoder.decode(topic, raw)
         if event is None:
             return
@@ -334,20 +341,28 @@ class MqttTunnel:
         if self._on_published is not None:
             self._on_published(topic.rsplit("/", 1)[-1])
 
+    async def _command(self, identity: str, command: ArkletCommand, payload: bytes) -> None:
+        """Send a command once the base's answers are subscribed here, so none is missed."""
+        answers = self._answers
+        topic = command_topic(self.settings.env, identity, command)
+        if answers is None:
+            raise TunnelUnavailable(f"not connected to the MQTT broker; {topic} not sent")
+        await answers.ensure(identity)
+        if self._answers is not answers:
+            raise TunnelUnavailable(f"the broker connection changed; {topic} not sent")
+        await self._publish(topic, payload)
+
     async def query_health(self, identity: str) -> None:
-        await self._publish(command_topic(self.settings.env, identity, ArkletCommand.HEALTH), b"{}")
+        await self._command(identity, ArkletCommand.HEALTH, b"{}")
 
     async def query_all_biz(self, identity: str) -> None:
-        topic = command_topic(self.settings.env, identity, ArkletCommand.QUERY_ALL_BIZ)
-        await self._publish(topic, b"{}")
+        await self._command(identity, ArkletCommand.QUERY_ALL_BIZ, b"{}")
 
     async def install_biz(self, identity: str, biz: BizModel) -> None:
-        topic = command_topic(self.settings.env, identity, ArkletCommand.INSTALL_BIZ)
-        await self._publish(topic, encode(biz))
+        await self._command(identity, ArkletCommand.INSTALL_BIZ, encode(biz))
 
     async def uninstall_biz(self, identity: str, biz: BizModel) -> None:
-        topic = command_topic(self.settings.env, identity, ArkletCommand.UNINSTALL_BIZ)
-        await self._publish(topic, encode(biz))
+        await self._command(identity, ArkletCommand.UNINSTALL_BIZ, encode(biz))
 
     async def send_baseline(self, identity: str, modules: list[BizModel]) -> None:
         topic = base_topic(self.settings.env, identity, BaseTopic.BASELINE)

@@ -14,6 +14,7 @@ tmp_path as fuzz-messages.jsonl.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -33,6 +34,7 @@ from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
 from module_controller.testbed.kube_reads import is_ready_and_untainted
 from module_controller.testbed.mosquitto import BrokerInfo
+from module_controller.testbed.operator_process import OperatorProcess
 from module_controller.tunnels.decoder import MessageDecoder
 from module_controller.tunnels.events import BaseHealthReport, BaseHeartbeat
 from module_controller.tunnels.mqtt import SUBSCRIBED_KINDS
@@ -152,6 +154,29 @@ def node_problems(node: client.V1Node) -> list[str]:
     return problems
 
 
+async def first_commands(
+    attacker: aiomqtt.Client, registry: BaseRegistry, operator: OperatorProcess, replay: str
+) -> set[str]:
+    """Wait for a command from the operator to every base the registry took."""
+    awaited = set(registry.bases)
+    commanded: set[str] = set()
+    if not awaited:
+        return {"(none)"}
+    try:
+        async with asyncio.timeout(45):
+            async for message in attacker.messages:
+                commanded.add(str(message.topic).split("/")[1])
+                if awaited <= commanded:
+                    return commanded
+    except TimeoutError:
+        pass
+    missing = sorted(awaited - commanded)
+    raise AssertionError(
+        f"no command to {len(missing)} of {len(awaited)} bases in 45s, e.g. {missing[:5]} "
+        f"{replay}\n{operator.tail()}"
+    )
+
+
 async def test_hostile_payloads_leave_the_operator_up_and_every_node_valid(
     k8s_api: client.ApiClient,
     run_operator: OperatorFactory,
@@ -177,6 +202,7 @@ async def test_hostile_payloads_leave_the_operator_up_and_every_node_valid(
     registry = BaseRegistry(settings)
     registry.broker_up()
     root = f"koupleless_{test_env}"
+    commanded: set[str] = set()
     began = time.monotonic()
     async with aiomqtt.Client(
         mqtt_broker.host,
@@ -185,7 +211,12 @@ async def test_hostile_payloads_leave_the_operator_up_and_every_node_valid(
         password=mqtt_broker.password,
         timeout=30,
     ) as attacker:
+        # The operator subscribes to a base's replies only before it first commands the
+        # base: the replies go out once it has (its commands are seen here).
+        await attacker.subscribe(f"{root}/+/+", qos=0)
         for identity, kind, body in messages:
+            if kind != "heart" and not commanded:
+                commanded = await first_commands(attacker, registry, operator, replay)
             topic = f"{root}/{identity}/base/{kind}"
             raw = payload(body)
             await attacker.publish(topic, raw, qos=1)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
-from module_controller.protocol import BizModel
-from module_controller.protocol.topics import base_subscriptions
+from module_controller.protocol import BaseTopic, BizModel, encode, wrap
+from module_controller.protocol.topics import base_subscriptions, base_topic
 from module_controller.tunnels.events import BrokerConnected, TunnelEvent
 from module_controller.tunnels.mqtt import MqttTunnel
 from tests.private_broker import PrivateBroker
+from tests.unit.test_mqtt_decoder import heartbeat
+from tests.waiting import wait_for
 
 BASE = "b1"
 
@@ -62,3 +65,70 @@ async def test_commands_reach_the_base_at_qos_0_and_the_baseline_at_qos_1(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_only_the_replica_commanding_a_base_receives_its_answers(
+    private_broker: PrivateBroker,
+) -> None:
+    """Both replicas hear the base's heartbeat; its answer to a command comes to the
+    replica that sent the command (subscribed before it went) and not to the other."""
+    info = private_broker.info
+    heard: dict[str, list[TunnelEvent]] = {"a": [], "b": []}
+    tunnels: dict[str, MqttTunnel] = {}
+    running: list[asyncio.Task[None]] = []
+    for name in heard:
+
+        async def deliver(event: TunnelEvent, into: list[TunnelEvent] = heard[name]) -> None:
+            into.append(event)
+
+        settings = private_broker.operator_settings(env="dev", client_id=f"replica-{name}")
+        tunnels[name] = MqttTunnel(settings, deliver)
+        running.append(asyncio.create_task(tunnels[name].run()))
+
+    def kinds(name: str) -> list[str]:
+        return [type(event).__name__ for event in heard[name]]
+
+    def until(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+        async def condition() -> bool:
+            return check()
+
+        return condition
+
+    try:
+        await wait_for(
+            until(lambda: all("BrokerConnected" in kinds(name) for name in heard)),
+            timeout=10,
+            what="both replicas connected",
+        )
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for topic in base_subscriptions("dev", BASE):
+                await base.subscribe(topic, qos=1)
+            heart = base_topic("dev", BASE, BaseTopic.HEART)
+            await base.publish(heart, heartbeat(BASE), qos=1)
+            await wait_for(
+                until(lambda: all("BaseHeartbeat" in kinds(name) for name in heard)),
+                timeout=10,
+                what="the heartbeat heard by both replicas",
+            )
+            await tunnels["a"].query_all_biz(BASE)
+            async for message in base.messages:  # the command: answered at once
+                assert str(message.topic).endswith("/queryAllBiz")
+                answer = encode(wrap([]))
+                await base.publish(base_topic("dev", BASE, BaseTopic.SIMPLE_BIZ), answer, qos=1)
+                break
+            # A second heartbeat after the answer: the broker keeps one publisher's order,
+            # so a replica that hears it has passed the answer by.
+            await base.publish(heart, heartbeat(BASE), qos=1)
+            await wait_for(
+                until(lambda: all(kinds(name).count("BaseHeartbeat") == 2 for name in heard)),
+                timeout=10,
+                what="the second heartbeat heard by both replicas",
+            )
+        assert "BaseInventory" in kinds("a"), f"the replica that asked heard {kinds('a')}"
+        assert "BaseInventory" not in kinds("b"), f"the other replica heard {kinds('b')}"
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

@@ -14,6 +14,8 @@ from module_controller.inbox import ModulePodChanged, NodeDeleted
 from module_controller.operator_memo import OperatorMemo, operator_memo
 from module_controller.runtime import Runtime
 from module_controller.settings import Settings
+from module_controller.vnode_manifest import node_manifest
+from tests.unit.wiring_support import heartbeat
 
 # Kopf's decorators retype the handlers for Kopf's calls; the test calls them as Kopf does.
 Handler = Callable[..., Awaitable[None]]
@@ -88,3 +90,31 @@ async def test_the_rollout_controller_listens_to_the_pod_watch_while_it_runs() -
         assert runtime.pod_listeners == [controller.pod_event]
         await stop_rollouts(memo=memo)
         assert runtime.pod_listeners == []
+
+
+async def test_another_replicas_node_tells_its_bases_memory_but_ours_does_not() -> None:
+    """Only a base's owner hears its health (tunnels/mqtt_answers.py): a replica taking the
+    base over must write the node with the memory it shows, not flap it to NODE_MEMORY."""
+    async with client.ApiClient() as api:
+        runtime = Runtime(Settings(), api)
+        beat = heartbeat()
+        runtime.registry.heartbeat(beat.identity, beat.status)
+        name = runtime.registry.node_name_for(beat.identity)
+        shown = {
+            "metadata": {"name": name},
+            "status": {"capacity": {"memory": "512Mi"}, "allocatable": {"memory": "409600Ki"}},
+        }
+        runtime.ownership.held_by_another = lambda node: False  # type: ignore[method-assign]
+        await runtime.vnode_watch._seen(shown)  # ours (or nobody's yet): we write it
+        record = runtime.registry.bases[beat.identity]
+        assert record.memory_capacity_bytes is None
+        runtime.ownership.held_by_another = lambda node: node == name  # type: ignore[method-assign]
+        await runtime.vnode_watch._seen(shown)
+        assert (record.memory_capacity_bytes, record.memory_allocatable_bytes) == (
+            512 << 20,
+            400 << 20,
+        )
+        manifest = node_manifest(record, runtime.settings)
+        assert manifest["status"]["capacity"]["memory"] == "524288Ki"
+        await runtime.vnode_watch._seen({"metadata": {"name": name}, "status": {}})
+        assert record.memory_capacity_bytes is None, "a node back at the default memory"
