@@ -44,6 +44,7 @@ from module_controller.tunnels.arklet_http import ArkletHttpClient
 from module_controller.tunnels.events import TunnelUnavailable
 from module_controller.tunnels.http_server import HttpTunnelServer
 from module_controller.tunnels.mqtt import MqttTunnel
+from module_controller.tunnels.mqtt_answers import AnswersRefused
 from module_controller.tunnels.router import TunnelRouter
 from module_controller.vnode_manifest import LEASE_NAMESPACE, memory_of, node_selector
 from module_controller.vnodes import NodeSyncer
@@ -370,6 +371,8 @@ class Runtime:
         for number, identity in enumerate(self._owned_identities()):
             try:
                 await self.tunnel.query_all_biz(identity)
+            except AnswersRefused:
+                continue  # this base's answers only: the others may be allowed
             except TunnelUnavailable:
                 return  # asked again at the next poll
             if number % 100 == 99:
@@ -379,5 +382,7 @@ class Runtime:
         for identity in self._owned_identities():
             try:
                 await self.tunnel.query_health(identity)
+            except AnswersRefused:
+                continue
             except TunnelUnavailable:
                 return

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 # A refused subscription, in a SUBACK's granted QoS (MQTT 3.1.1 §3.9.3).
 REFUSED = 0x80
 
+
+class AnswersRefused(TunnelUnavailable):
+    """The broker refused one base's answer topics (its ACL): the connection is fine, and
+    other bases' may well not be refused."""
+
+
 Subscribe = Callable[[list[tuple[str, int]]], Awaitable[Sequence[object]]]
 Unsubscribe = Callable[[list[str]], Awaitable[object]]
 
@@ -106,7 +112,7 @@ class AnswerSubscriptions:
             ) from error
         refused = [topic for topic, qos in zip(topics, granted, strict=False) if _refused(qos)]
         if refused:
-            raise TunnelUnavailable(
+            raise AnswersRefused(
                 f"the broker refused the subscription to {', '.join(refused)}: does its ACL "
                 "let the controller read its bases' answers?"
             )
