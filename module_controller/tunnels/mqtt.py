@@ -139,6 +139,7 @@ class MqttTunnel:
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
         self._answers: AnswerSubscriptions | None = None  # those of self._client
+        self._answered: list[str] = []  # the bases subscribed on the last connection
         self._acks = Acknowledgements(settings.event_queue_size)  # no connection yet
         self._on_reconnect = on_reconnect
         self._on_published = on_published
@@ -199,7 +200,13 @@ class MqttTunnel:
                     await client.subscribe(self.probe_topic, qos=0)
                     self.last_delivery = time.monotonic()
                     self.probe_returned = False
-                    self._answers = AnswerSubscriptions.of(self.settings.env, client)
+                    answers = AnswerSubscriptions.of(self.settings.env, client)
+                    await answers.restore(
+                        identity
+                        for identity in self._answered
+                        if self._not_ours is None or not self._not_ours(identity)
+                    )
+                    self._answers = answers
                     self._client = client
                     self.connections += 1
                     if self.connections > 1 and self._on_reconnect is not None:
@@ -254,6 +261,7 @@ class MqttTunnel:
                 was_connected = self._client is client
                 self._client = None
                 if self._answers is not None:
+                    self._answered = self._answers.bases()  # subscribed again on the next
                     self._answers.close()
                     self._answers = None
                 self.connected.clear()

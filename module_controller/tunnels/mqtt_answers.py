@@ -7,15 +7,16 @@ each then receives the answers of its own bases only, not those of the whole fle
 
 A command waits for its base's subscription to be acknowledged (SUBACK), so its answer
 cannot come before the broker routes it here. The subscriptions belong to one connection
-(the session is clean): a new connection starts with none, and each base is subscribed
-again before its next command, as the Go controller forgets to.
+(the session is clean): a new connection subscribes again the bases of the last one before
+it is used, so an answer to a command sent before the reconnect still comes (the Go
+controller forgets to), and any other base before its next command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import aiomqtt
 
@@ -62,14 +63,29 @@ class AnswerSubscriptions:
         task = self._subscriptions.get(identity)
         return task is not None and task.done() and not _failed(task)
 
-    async def ensure(self, identity: str) -> None:
-        """Return once the base's answers come here; raises TunnelUnavailable if they
-        cannot (then the next command tries again)."""
+    def bases(self) -> list[str]:
+        """The bases whose answers are subscribed here, or being subscribed."""
+        return [identity for identity, task in self._subscriptions.items() if not _failed(task)]
+
+    async def restore(self, identities: Iterable[str]) -> None:
+        """On a new connection, subscribe again the bases of the last one, and wait for
+        their SUBACKs: an answer to a command sent before the reconnect (an install takes
+        seconds) still comes here. A failure is tried again before the base's next command."""
+        subscriptions = [self._subscription(identity) for identity in identities]
+        await asyncio.gather(*subscriptions, return_exceptions=True)
+
+    def _subscription(self, identity: str) -> asyncio.Task[None]:
         task = self._subscriptions.get(identity)
         if task is None or _failed(task):
             task = asyncio.create_task(self._subscribe_base(identity), name=f"sub-{identity}")
             self._subscriptions[identity] = task
             task.add_done_callback(_failed)  # its failure is retrieved, whoever waits
+        return task
+
+    async def ensure(self, identity: str) -> None:
+        """Return once the base's answers come here; raises TunnelUnavailable if they
+        cannot (then the next command tries again)."""
+        task = self._subscription(identity)
         try:
             # Shielded: a caller giving up must not cancel it for the others waiting on it.
             await asyncio.shield(task)

@@ -1,0 +1,75 @@
+"""A base's answers across a reconnect, through a real Mosquitto (tunnels/mqtt_answers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+
+from module_controller.protocol import BaseTopic, encode, wrap
+from module_controller.protocol.topics import base_subscriptions, base_topic
+from module_controller.tunnels.events import TunnelEvent
+from module_controller.tunnels.mqtt import MqttTunnel
+from tests.private_broker import PrivateBroker
+from tests.unit.test_mqtt_decoder import heartbeat
+from tests.waiting import wait_for
+
+BASE = "b1"
+
+
+async def test_an_answer_to_a_command_sent_before_a_reconnect_still_comes(
+    private_broker: PrivateBroker,
+) -> None:
+    """A slow answer (an install takes seconds) to a command sent on the last connection
+    comes on the next one, as it did when every replica subscribed every base's answers by
+    a wildcard: the bases subscribed on the last connection are subscribed again at once,
+    not only before their next command."""
+    info = private_broker.info
+    heard: list[TunnelEvent] = []
+
+    async def deliver(event: TunnelEvent) -> None:
+        heard.append(event)
+
+    def kinds() -> list[str]:
+        return [type(event).__name__ for event in heard]
+
+    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
+    running = asyncio.create_task(tunnel.run())
+
+    async def connections(number: int) -> bool:
+        return tunnel.connections == number and kinds().count("BrokerConnected") == number
+
+    try:
+        await wait_for(lambda: connections(1), timeout=10, what="the tunnel connected")
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for topic in base_subscriptions("dev", BASE):
+                await base.subscribe(topic, qos=1)
+            await tunnel.query_all_biz(BASE)
+            async for message in base.messages:
+                assert str(message.topic).endswith("/queryAllBiz")
+                break
+            # Mosquitto ends the tunnel's session when another client takes its id.
+            async with aiomqtt.Client(
+                info.host,
+                info.port,
+                username=info.username,
+                password=info.password,
+                identifier=tunnel.client_id,
+            ):
+                pass
+            await wait_for(lambda: connections(2), timeout=15, what="the tunnel reconnected")
+            answer = encode(wrap([]))
+            await base.publish(base_topic("dev", BASE, BaseTopic.SIMPLE_BIZ), answer, qos=1)
+            # The broker keeps one publisher's order: once this is heard, the answer was.
+            await base.publish(base_topic("dev", BASE, BaseTopic.HEART), heartbeat(BASE), qos=1)
+
+            async def beat_heard() -> bool:
+                return "BaseHeartbeat" in kinds()
+
+            await wait_for(beat_heard, timeout=10, what="the heartbeat after the answer")
+        assert "BaseInventory" in kinds(), f"the answer was lost: the tunnel heard {kinds()}"
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
