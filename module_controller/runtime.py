@@ -368,6 +368,8 @@ class Runtime:
 
     async def _poll_inventories(self) -> None:
         """Ask every live base for its full module list (spread a little over time)."""
+        if self.mqtt is not None:  # and stop hearing the answers of bases that left
+            self.mqtt.forget_answers(lambda identity: identity not in self.registry.bases)
         for number, identity in enumerate(self._owned_identities()):
             try:
                 await self.tunnel.query_all_biz(identity)

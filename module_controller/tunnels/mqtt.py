@@ -349,6 +349,15 @@ class MqttTunnel:
         if self._on_published is not None:
             self._on_published(topic.rsplit("/", 1)[-1])
 
+    def forget_answers(self, gone: Callable[[str], bool]) -> None:
+        """Unsubscribe the answers of the bases that left (`gone`): one that comes back is
+        subscribed again before its next command."""
+        self._answered = [identity for identity in self._answered if not gone(identity)]
+        if self._answers is not None:
+            for identity in self._answers.bases():
+                if gone(identity):
+                    self._answers.forget(identity)
+
     async def _command(self, identity: str, command: ArkletCommand, payload: bytes) -> None:
         """Send a command once the base's answers are subscribed here, so none is missed."""
         answers = self._answers

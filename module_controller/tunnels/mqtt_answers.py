@@ -98,7 +98,7 @@ class AnswerSubscriptions:
             raise
 
     def forget(self, identity: str) -> None:
-        """Another replica commands the base now: its answers are not ours to receive."""
+        """Another replica commands the base now, or it left: its answers are not ours."""
         task = self._subscriptions.get(identity)
         if task is None or not task.done():
             return  # in flight: the next answer of another replica's tells us again

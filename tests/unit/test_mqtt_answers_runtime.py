@@ -3,11 +3,14 @@ periodic polls, and the subscriptions of bases that left."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 
 import pytest
 from kubernetes_asyncio import client
 
+from module_controller.protocol import BizState
+from module_controller.protocol.topics import per_base_subscriptions
 from module_controller.runtime import Runtime
 from module_controller.settings import Settings
 from module_controller.tunnels.mqtt_answers import REFUSED, AnswerSubscriptions
@@ -55,3 +58,34 @@ async def test_a_base_whose_answers_the_broker_refuses_does_not_stop_the_poll_of
         await getattr(runtime, poll)()
     asked = sorted(topic.split("/")[1] for topic in broker.published)
     assert asked == ["b2", "b3"], f"the poll stopped at the refused base: {broker.published}"
+
+
+async def test_the_answers_of_a_base_that_left_are_unsubscribed() -> None:
+    """A base's answer subscriptions go with it, connected or not: without that they
+    piled up, at the broker and here, one per base that ever came, and were carried from
+    connection to connection."""
+    broker = Broker()
+    async with client.ApiClient() as api:
+        runtime = runtime_on(api, broker, ["b1", "b2"])
+        tunnel = runtime.mqtt
+        assert tunnel is not None and tunnel._answers is not None
+        await runtime._poll_inventories()
+        assert sorted(tunnel._answers.bases()) == ["b1", "b2"]
+        leaving = heartbeat("b1")
+        deactivated = leaving.status.model_copy(update={"state": BizState.DEACTIVATED})
+        assert runtime.registry.heartbeat("b1", deactivated), "b1 did not leave"
+        await runtime._poll_inventories()
+        await _settled(lambda: ("unsubscribe", per_base_subscriptions("dev", "b1")) in broker.calls)
+        assert tunnel._answers.bases() == ["b2"]
+        # Disconnected: the bases to subscribe again on the next connection.
+        tunnel._answered, tunnel._answers = ["b1", "b2"], None
+        await runtime._poll_inventories()
+        assert tunnel._answered == ["b2"]
+
+
+async def _settled(condition: Callable[[], bool]) -> None:
+    for _ in range(20):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not settled after 20 loop turns")
