@@ -358,29 +358,36 @@ class MqttTunnel:
                 if gone(identity):
                     self._answers.forget(identity)
 
-    async def _command(self, identity: str, command: ArkletCommand, payload: bytes) -> None:
+    async def _command(
+        self, identity: str, topic: str, payload: bytes, *, qos: int = COMMAND_QOS
+    ) -> None:
         """Send a command once the base's answers are subscribed here, so none is missed."""
         answers = self._answers
-        topic = command_topic(self.settings.env, identity, command)
         if answers is None:
             raise TunnelUnavailable(f"not connected to the MQTT broker; {topic} not sent")
         await answers.ensure(identity)
         if self._answers is not answers:
             raise TunnelUnavailable(f"the broker connection changed; {topic} not sent")
-        await self._publish(topic, payload)
+        await self._publish(topic, payload, qos=qos)
+
+    def _arklet(self, identity: str, command: ArkletCommand) -> str:
+        return command_topic(self.settings.env, identity, command)
 
     async def query_health(self, identity: str) -> None:
-        await self._command(identity, ArkletCommand.HEALTH, b"{}")
+        await self._command(identity, self._arklet(identity, ArkletCommand.HEALTH), b"{}")
 
     async def query_all_biz(self, identity: str) -> None:
-        await self._command(identity, ArkletCommand.QUERY_ALL_BIZ, b"{}")
+        await self._command(identity, self._arklet(identity, ArkletCommand.QUERY_ALL_BIZ), b"{}")
 
     async def install_biz(self, identity: str, biz: BizModel) -> None:
-        await self._command(identity, ArkletCommand.INSTALL_BIZ, encode(biz))
+        topic = self._arklet(identity, ArkletCommand.INSTALL_BIZ)
+        await self._command(identity, topic, encode(biz))
 
     async def uninstall_biz(self, identity: str, biz: BizModel) -> None:
-        await self._command(identity, ArkletCommand.UNINSTALL_BIZ, encode(biz))
+        topic = self._arklet(identity, ArkletCommand.UNINSTALL_BIZ)
+        await self._command(identity, topic, encode(biz))
 
     async def send_baseline(self, identity: str, modules: list[BizModel]) -> None:
+        """A command too: the base answers it on batchInstallBizResponse."""
         topic = base_topic(self.settings.env, identity, BaseTopic.BASELINE)
-        await self._publish(topic, encode(Baseline(modules)), qos=1)
+        await self._command(identity, topic, encode(Baseline(modules)), qos=1)

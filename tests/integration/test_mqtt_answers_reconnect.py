@@ -1,4 +1,4 @@
-"""A base's answers across a reconnect, through a real Mosquitto (tunnels/mqtt_answers.py)."""
+"""A base's answers, subscribed per base (tunnels/mqtt_answers.py), through a real Mosquitto."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import asyncio
 import aiomqtt
 
 from module_controller.protocol import BaseTopic, encode, wrap
+from module_controller.protocol.arklet import ArkletResponse
+from module_controller.protocol.biz import BatchInstallData
+from module_controller.protocol.operations import BatchInstallBizResponse
 from module_controller.protocol.topics import base_subscriptions, base_topic
 from module_controller.tunnels.events import TunnelEvent
 from module_controller.tunnels.mqtt import MqttTunnel
@@ -70,6 +73,51 @@ async def test_an_answer_to_a_command_sent_before_a_reconnect_still_comes(
 
             await wait_for(beat_heard, timeout=10, what="the heartbeat after the answer")
         assert "BaseInventory" in kinds(), f"the answer was lost: the tunnel heard {kinds()}"
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_answer_to_a_baseline_comes_to_the_replica_that_sent_it(
+    private_broker: PrivateBroker,
+) -> None:
+    """A base that starts asks for its baseline before it is sent any command: the
+    batchInstallBizResponse it answers the baseline with is one of its answers, and must
+    come to the replica that sent the baseline, subscribed before it went."""
+    info = private_broker.info
+    heard: list[TunnelEvent] = []
+
+    async def deliver(event: TunnelEvent) -> None:
+        heard.append(event)
+
+    def kinds() -> list[str]:
+        return [type(event).__name__ for event in heard]
+
+    async def seen(kind: str) -> bool:
+        return kind in kinds()
+
+    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
+    running = asyncio.create_task(tunnel.run())
+    try:
+        await wait_for(lambda: seen("BrokerConnected"), timeout=10, what="the tunnel connected")
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for topic in base_subscriptions("dev", BASE):
+                await base.subscribe(topic, qos=1)
+            await tunnel.send_baseline(BASE, [])
+            async for message in base.messages:
+                assert str(message.topic).endswith("/baseline")
+                break
+            output = ArkletResponse[BatchInstallData](
+                code="SUCCESS", data=BatchInstallData(code="SUCCESS")
+            )
+            answer = encode(wrap(BatchInstallBizResponse(response=output)))
+            topic = base_topic("dev", BASE, BaseTopic.BATCH_INSTALL_BIZ_RESPONSE)
+            await base.publish(topic, answer, qos=1)
+            await base.publish(base_topic("dev", BASE, BaseTopic.HEART), heartbeat(BASE), qos=1)
+            await wait_for(lambda: seen("BaseHeartbeat"), timeout=10, what="the heartbeat")
+        assert "BatchInstallResult" in kinds(), f"the answer was lost: the tunnel heard {kinds()}"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
