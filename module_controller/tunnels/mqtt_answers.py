@@ -64,8 +64,9 @@ class AnswerSubscriptions:
         return task is not None and task.done() and not _failed(task)
 
     def bases(self) -> list[str]:
-        """The bases whose answers are subscribed here, or being subscribed."""
-        return [identity for identity, task in self._subscriptions.items() if not _failed(task)]
+        """The bases whose answers are subscribed here, being subscribed, or failed to be
+        (a restore that timed out on a dying connection): the next connection's to restore."""
+        return list(self._subscriptions)
 
     async def restore(self, identities: Iterable[str]) -> None:
         """On a new connection, subscribe again the bases of the last one, and wait for

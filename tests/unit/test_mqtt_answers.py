@@ -141,3 +141,18 @@ async def test_no_command_goes_without_a_connection() -> None:
 
 async def _ignore(event: object) -> None:
     pass
+
+
+async def test_a_subscription_that_failed_is_made_again_on_the_next_connection() -> None:
+    """A connection that dies while its subscriptions are restored (they time out) must
+    not lose the bases to subscribe again on the one after."""
+    broker = Broker()
+    answers = broker.answers()
+    await answers.ensure("b1")
+    broker.error = aiomqtt.MqttError("Operation timed out")
+    await answers.restore(["b2"])
+    assert sorted(answers.bases()) == ["b1", "b2"]
+    broker.error = None
+    following = broker.answers()
+    await following.restore(answers.bases())
+    assert following.subscribed("b1") and following.subscribed("b2")
