@@ -104,17 +104,18 @@ async def test_another_replicas_node_tells_its_bases_memory_but_ours_does_not() 
             "metadata": {"name": name},
             "status": {"capacity": {"memory": "512Mi"}, "allocatable": {"memory": "409600Ki"}},
         }
-        runtime.ownership.held_by_another = lambda node: False  # type: ignore[method-assign]
+        runtime.ownership.held_by_another = lambda node_name: False  # type: ignore[method-assign]
         await runtime.vnode_watch._seen(shown)  # ours (or nobody's yet): we write it
         record = runtime.registry.bases[beat.identity]
-        assert record.memory_capacity_bytes is None
-        runtime.ownership.held_by_another = lambda node: node == name  # type: ignore[method-assign]
+
+        def figures() -> tuple[int | None, int | None]:
+            return record.memory_capacity_bytes, record.memory_allocatable_bytes
+
+        assert figures()[0] is None
+        runtime.ownership.held_by_another = lambda node_name: node_name == name  # type: ignore[method-assign]
         await runtime.vnode_watch._seen(shown)
-        assert (record.memory_capacity_bytes, record.memory_allocatable_bytes) == (
-            512 << 20,
-            400 << 20,
-        )
+        assert figures() == (512 << 20, 400 << 20)
         manifest = node_manifest(record, runtime.settings)
         assert manifest["status"]["capacity"]["memory"] == "524288Ki"
         await runtime.vnode_watch._seen({"metadata": {"name": name}, "status": {}})
-        assert record.memory_capacity_bytes is None, "a node back at the default memory"
+        assert figures()[0] is None, "a node back at the default memory"
