@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -132,3 +133,25 @@ async def test_only_the_replica_commanding_a_base_receives_its_answers(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+async def test_commands_leave_at_once_nagle_is_off(private_broker: PrivateBroker) -> None:
+    """With Nagle's algorithm on, a command waited behind our unacknowledged PUBACKs for the
+    broker's delayed TCP ACK: 22 ms p50 from pod bound to installBiz at 150 bases, not 3."""
+    connected = asyncio.Event()
+
+    async def deliver(event: TunnelEvent) -> None:
+        if isinstance(event, BrokerConnected):
+            connected.set()
+
+    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
+    running = asyncio.create_task(tunnel.run())
+    try:
+        await asyncio.wait_for(connected.wait(), 10)
+        assert tunnel._client is not None
+        sock = tunnel._client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

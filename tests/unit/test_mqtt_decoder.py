@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
@@ -181,6 +182,7 @@ class _ClientTimingOutOnExit:
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[object] = asyncio.Queue()  # read first (mqtt_incoming.py)
+        self._client = SimpleNamespace(socket=lambda: None)  # paho's, with no socket here
 
     async def __aenter__(self) -> _ClientTimingOutOnExit:
         return self
