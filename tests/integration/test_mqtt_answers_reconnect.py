@@ -20,6 +20,22 @@ from tests.waiting import wait_for
 BASE = "b1"
 
 
+class Heard:
+    """What the tunnel delivers, by event type."""
+
+    def __init__(self) -> None:
+        self.events: list[TunnelEvent] = []
+
+    async def deliver(self, event: TunnelEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [type(event).__name__ for event in self.events]
+
+    async def seen(self, kind: str) -> bool:
+        return kind in self.kinds()
+
+
 async def test_an_answer_to_a_command_sent_before_a_reconnect_still_comes(
     private_broker: PrivateBroker,
 ) -> None:
@@ -28,15 +44,9 @@ async def test_an_answer_to_a_command_sent_before_a_reconnect_still_comes(
     a wildcard: the bases subscribed on the last connection are subscribed again at once,
     not only before their next command."""
     info = private_broker.info
-    heard: list[TunnelEvent] = []
-
-    async def deliver(event: TunnelEvent) -> None:
-        heard.append(event)
-
-    def kinds() -> list[str]:
-        return [type(event).__name__ for event in heard]
-
-    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
+    heard = Heard()
+    kinds = heard.kinds
+    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), heard.deliver)
     running = asyncio.create_task(tunnel.run())
 
     async def connections(number: int) -> bool:
@@ -68,10 +78,11 @@ async def test_an_answer_to_a_command_sent_before_a_reconnect_still_comes(
             # The broker keeps one publisher's order: once this is heard, the answer was.
             await base.publish(base_topic("dev", BASE, BaseTopic.HEART), heartbeat(BASE), qos=1)
 
-            async def beat_heard() -> bool:
-                return "BaseHeartbeat" in kinds()
-
-            await wait_for(beat_heard, timeout=10, what="the heartbeat after the answer")
+            await wait_for(
+                lambda: heard.seen("BaseHeartbeat"),
+                timeout=10,
+                what="the heartbeat after the answer",
+            )
         assert "BaseInventory" in kinds(), f"the answer was lost: the tunnel heard {kinds()}"
     finally:
         running.cancel()
@@ -85,18 +96,9 @@ async def test_the_answer_to_a_baseline_comes_to_the_replica_that_sent_it(
     batchInstallBizResponse it answers the baseline with is one of its answers, and must
     come to the replica that sent the baseline, subscribed before it went."""
     info = private_broker.info
-    heard: list[TunnelEvent] = []
-
-    async def deliver(event: TunnelEvent) -> None:
-        heard.append(event)
-
-    def kinds() -> list[str]:
-        return [type(event).__name__ for event in heard]
-
-    async def seen(kind: str) -> bool:
-        return kind in kinds()
-
-    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
+    heard = Heard()
+    kinds, seen = heard.kinds, heard.seen
+    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), heard.deliver)
     running = asyncio.create_task(tunnel.run())
     try:
         await wait_for(lambda: seen("BrokerConnected"), timeout=10, what="the tunnel connected")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiomqtt
 
@@ -19,13 +20,9 @@ from tests.waiting import wait_for
 BASE = "b1"
 
 
-async def test_commands_reach_the_base_at_qos_0_and_the_baseline_at_qos_1(
-    private_broker: PrivateBroker,
-) -> None:
-    """A base subscribes at QoS 1, so it would acknowledge a QoS 1 command before it
-    answers, and its instant answer (a health or inventory query; an install on the
-    simulator) would wait for the broker's delayed TCP ACK of that PUBACK, about 40 ms."""
-    info = private_broker.info
+@contextlib.asynccontextmanager
+async def connected_tunnel(private_broker: PrivateBroker) -> AsyncIterator[MqttTunnel]:
+    """The operator's tunnel, running and connected to the broker."""
     connected = asyncio.Event()
 
     async def deliver(event: TunnelEvent) -> None:
@@ -36,36 +33,49 @@ async def test_commands_reach_the_base_at_qos_0_and_the_baseline_at_qos_1(
     running = asyncio.create_task(tunnel.run())
     try:
         await asyncio.wait_for(connected.wait(), 10)
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
-            for topic in base_subscriptions("dev", BASE):
-                await base.subscribe(topic, qos=1)
-            module = BizModel(biz_name="biz1", biz_version="1", biz_url="file:///biz1.jar")
-            await tunnel.query_health(BASE)
-            await tunnel.query_all_biz(BASE)
-            await tunnel.install_biz(BASE, module)
-            await tunnel.uninstall_biz(BASE, module)
-            await tunnel.send_baseline(BASE, [module])
-            received: dict[str, int] = {}
-
-            async def receive() -> None:
-                async for message in base.messages:
-                    received[str(message.topic).rsplit("/", 1)[-1]] = message.qos
-                    if len(received) == 5:
-                        return
-
-            await asyncio.wait_for(receive(), 10)
-        assert received == {
-            "health": 0,
-            "queryAllBiz": 0,
-            "installBiz": 0,
-            "uninstallBiz": 0,
-            "baseline": 1,
-        }, f"what the base received, by topic and QoS: {received}"
+        yield tunnel
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_commands_reach_the_base_at_qos_0_and_the_baseline_at_qos_1(
+    private_broker: PrivateBroker,
+) -> None:
+    """A base subscribes at QoS 1, so it would acknowledge a QoS 1 command before it
+    answers, and its instant answer (a health or inventory query; an install on the
+    simulator) would wait for the broker's delayed TCP ACK of that PUBACK, about 40 ms."""
+    info = private_broker.info
+    async with (
+        connected_tunnel(private_broker) as tunnel,
+        aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base,
+    ):
+        for topic in base_subscriptions("dev", BASE):
+            await base.subscribe(topic, qos=1)
+        module = BizModel(biz_name="biz1", biz_version="1", biz_url="file:///biz1.jar")
+        await tunnel.query_health(BASE)
+        await tunnel.query_all_biz(BASE)
+        await tunnel.install_biz(BASE, module)
+        await tunnel.uninstall_biz(BASE, module)
+        await tunnel.send_baseline(BASE, [module])
+        received: dict[str, int] = {}
+
+        async def receive() -> None:
+            async for message in base.messages:
+                received[str(message.topic).rsplit("/", 1)[-1]] = message.qos
+                if len(received) == 5:
+                    return
+
+        await asyncio.wait_for(receive(), 10)
+    assert received == {
+        "health": 0,
+        "queryAllBiz": 0,
+        "installBiz": 0,
+        "uninstallBiz": 0,
+        "baseline": 1,
+    }, f"what the base received, by topic and QoS: {received}"
 
 
 async def test_only_the_replica_commanding_a_base_receives_its_answers(
@@ -138,20 +148,8 @@ async def test_only_the_replica_commanding_a_base_receives_its_answers(
 async def test_commands_leave_at_once_nagle_is_off(private_broker: PrivateBroker) -> None:
     """With Nagle's algorithm on, a command waited behind our unacknowledged PUBACKs for the
     broker's delayed TCP ACK: 22 ms p50 from pod bound to installBiz at 150 bases, not 3."""
-    connected = asyncio.Event()
-
-    async def deliver(event: TunnelEvent) -> None:
-        if isinstance(event, BrokerConnected):
-            connected.set()
-
-    tunnel = MqttTunnel(private_broker.operator_settings(env="dev"), deliver)
-    running = asyncio.create_task(tunnel.run())
-    try:
-        await asyncio.wait_for(connected.wait(), 10)
+    async with connected_tunnel(private_broker) as tunnel:
         assert tunnel._client is not None
         sock = tunnel._client._client.socket()
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)

@@ -92,13 +92,22 @@ async def test_a_base_another_replica_commands_is_unsubscribed_and_subscribed_ag
     assert len(broker.calls) == 3
 
 
-async def test_commands_waiting_when_the_connection_ends_fail_at_once() -> None:
-    """aiomqtt leaves a SUBACK of a dead connection to its timeout (10 s)."""
-    broker = Broker()
+async def waiting_for_a_suback(
+    broker: Broker,
+) -> tuple[AnswerSubscriptions, asyncio.Task[None]]:
+    """A command to b1 waiting for a SUBACK the broker holds back."""
     broker.acknowledge.clear()
     answers = broker.answers()
     waiting = asyncio.create_task(answers.ensure("b1"))
     await asyncio.sleep(0.01)
+    assert not waiting.done()
+    return answers, waiting
+
+
+async def test_commands_waiting_when_the_connection_ends_fail_at_once() -> None:
+    """aiomqtt leaves a SUBACK of a dead connection to its timeout (10 s)."""
+    broker = Broker()
+    answers, waiting = await waiting_for_a_suback(broker)
     answers.close()
     with pytest.raises(TunnelUnavailable, match="connection ended"):
         await asyncio.wait_for(waiting, 1)
@@ -106,10 +115,7 @@ async def test_commands_waiting_when_the_connection_ends_fail_at_once() -> None:
 
 async def test_a_cancelled_command_is_cancelled_not_failed() -> None:
     broker = Broker()
-    broker.acknowledge.clear()
-    answers = broker.answers()
-    waiting = asyncio.create_task(answers.ensure("b1"))
-    await asyncio.sleep(0.01)
+    answers, waiting = await waiting_for_a_suback(broker)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
