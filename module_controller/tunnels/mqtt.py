@@ -153,12 +153,14 @@ class MqttTunnel:
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
         self._answers: AnswerSubscriptions | None = None  # those of self._client
-        self._answered: list[str] = []  # the bases subscribed on the last connection
+        # The bases subscribed on the last connection, while none is up: to subscribe again.
+        self._answered: list[str] = []
         self._acks = Acknowledgements(settings.event_queue_size)  # no connection yet
         self._on_reconnect = on_reconnect
         self._on_published = on_published
         # identity -> whether another replica owns the base: its messages other than its
-        # heartbeat are not decoded here (every replica hears every base; see shards/).
+        # heartbeat are not decoded here (every replica hears every heartbeat; answers come
+        # on the subscriptions of the replica commanding the base; see shards/).
         self._not_ours = not_ours
         self._tls = mqtt_tls_context(
             settings.mqtt_ca_path, settings.mqtt_client_crt_path, settings.mqtt_client_key_path
@@ -222,6 +224,7 @@ class MqttTunnel:
                         if self._not_ours is None or not self._not_ours(identity)
                     )
                     self._answers = answers
+                    self._answered = []  # answers.bases() from now on
                     self._client = client
                     self.connections += 1
                     if self.connections > 1 and self._on_reconnect is not None:
