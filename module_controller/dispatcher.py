@@ -312,6 +312,7 @@ class Dispatcher:
                 log.info("The MQTT broker delivers again: base liveness resumes.")
                 self._broker_delivers()
                 self.health.set("mqtt", True, "the broker delivers")
+            self._judge_intake(tick.intake_lag or 0.0)
             return
         detail = f"no message through the broker for {silence:.0f}s"
         self.health.set("mqtt", False, detail)
@@ -334,6 +335,28 @@ class Dispatcher:
                 "the MQTT broker delivers nothing (not even the operator's own probe): base "
                 "liveness is paused, the node is kept as it was",
             )
+
+    def _judge_intake(self, lag: float) -> None:
+        """Messages still come, but late (our probe too): heartbeats are late, not missing.
+
+        An operator short of CPU reads its socket late; past MESSAGE_MAX_AGE_SECONDS it drops
+        what it reads as stale. Its bases are not silent then: it is deaf. So liveness pauses
+        (clocks stop) from BROKER_SUSPECT_SECONDS late until it is back under half that.
+        """
+        self.metrics.set_intake_lag(lag)
+        bound = self.settings.broker_suspect_seconds
+        if self.registry.intake_current and lag >= bound:
+            self.registry.intake_behind()
+            log.warning(
+                "The operator reads MQTT messages %.0fs late (its own probe through the broker "
+                "came back that late): base liveness is paused until it catches up, so no "
+                "node goes NotReady for heartbeats that are only late. Is the operator, or "
+                "the broker, short of CPU?",
+                lag,
+            )
+        elif not self.registry.intake_current and lag < bound / 2:
+            log.info("The operator reads MQTT messages in time again: base liveness resumes.")
+            self.registry.intake_caught_up()
 
     def _broker_delivers(self) -> None:
         self.registry.broker_delivers()

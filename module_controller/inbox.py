@@ -49,11 +49,13 @@ class Tick:
     """A second went by: judge liveness and the broker. The broker facts come with it.
 
     `broker_silence`: seconds since a message last came through the broker (None while
-    disconnected); `probe_returned`: whether our own probe came back on this connection.
+    disconnected); `probe_returned`: whether our own probe came back on this connection;
+    `intake_lag`: how late our probe is now, so how late the bases' messages reach us.
     """
 
     broker_silence: float | None
     probe_returned: bool
+    intake_lag: float | None = None
 
 
 OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipChanged | Tick

@@ -84,10 +84,14 @@ class BaseRegistry:
     broker_connected: bool = False
     # False while the operator's own probe does not come back through the broker in time.
     broker_delivering: bool = True
+    # False while messages reach the operator late (its probe comes back late).
+    intake_current: bool = True
     # Why each node removed since the caller last asked went (node name -> sentence).
     departures: dict[str, str] = field(default_factory=dict)
     # Paused from the start: nothing is judged before the broker is connected and delivers.
     _paused_since: float | None = field(init=False)
+    # Whether the pause lost us the bases' messages (no broker), or only delayed them.
+    _contact_lost: bool = True
     _by_node: dict[str, str] = field(default_factory=dict)
     _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
     _mass_silence: MassSilence = field(init=False)
@@ -297,7 +301,7 @@ class BaseRegistry:
     def broker_down(self) -> None:
         """Silence now means nothing: liveness clocks stop until the broker is back."""
         self.broker_connected = False
-        self._pause()
+        self._pause(contact_lost=True)
 
     def broker_up(self) -> None:
         """Connected again; clocks run once the broker is also proven to deliver."""
@@ -307,46 +311,65 @@ class BaseRegistry:
     def broker_suspect(self) -> None:
         """Connected, but our own probe stopped coming back: the broker may be frozen."""
         self.broker_delivering = False
-        self._pause()
+        self._pause(contact_lost=True)
 
     def broker_delivers(self) -> None:
         self.broker_delivering = True
+        self._resume_if_trusted()
+
+    def intake_behind(self) -> None:
+        """Messages reach us late: silence may be ours, so liveness clocks stop."""
+        self.intake_current = False
+        self._pause(contact_lost=False)
+
+    def intake_caught_up(self) -> None:
+        self.intake_current = True
         self._resume_if_trusted()
 
     @property
     def liveness_paused(self) -> bool:
         return self._paused_since is not None
 
-    def _pause(self) -> None:
+    def _pause(self, *, contact_lost: bool) -> None:
+        self._contact_lost = self._contact_lost or contact_lost
         if self._paused_since is None:
             self._paused_since = self.clock()
 
     def _resume_if_trusted(self) -> None:
-        """Every Ready base gets a fresh grace period: we could not hear it while away.
+        """Every Ready base gets a fresh grace period after a broker outage: we could not
+        hear it while away. After a late intake the clocks only stopped: we heard the bases
+        all along, late, and a fresh grace each time would keep a dead base's node for good
+        when the operator falls behind more often than BASE_NOT_READY_SECONDS.
 
         A broker outage says nothing about the bases, so it is never a reason to delete a
         node, however long it lasts: /readyz, the metrics and Events say the broker is out.
         """
-        if not (self.broker_connected and self.broker_delivering) or self._paused_since is None:
+        trusted = self.broker_connected and self.broker_delivering and self.intake_current
+        if not trusted or self._paused_since is None:
             return
         paused = self.clock() - self._paused_since
         self._paused_since = None
+        fresh_grace = self._contact_lost
+        self._contact_lost = False
         now = self.clock()
         for record in self.bases.values():
             if record.tunnel != "mqtt":
                 continue  # heard directly: its clock never stopped
-            if record.ready:
+            if record.ready and fresh_grace:
                 record.last_seen = max(record.last_seen, now)
             else:
                 # Silent while the broker was trusted: its clock only stopped. A fresh grace
-                # here would let a flapping broker keep a dead base's node forever.
+                # here would let a flapping broker keep a dead base's node forever. (Heard
+                # during the pause: now, as its clock stopped from then.)
                 record.last_seen = min(now, record.last_seen + paused)
-        if self.bases:
+        if self.bases and fresh_grace:
             log.info(
                 "Base liveness resumes after %.0fs without a trusted broker: every Ready base "
                 "gets a fresh grace period, silent ones keep their stopped clocks.",
                 paused,
             )
+        elif self.bases:
+            log.info("Base liveness resumes after %.0fs: the clocks only stopped.", paused)
 
     def adopt(
         self,

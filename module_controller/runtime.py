@@ -328,7 +328,10 @@ class Runtime:
         if self.mqtt is None:
             await self.inbox.put(Tick(None, False))  # no broker to judge
         else:
-            await self.inbox.put(Tick(self.mqtt.delivery_silence(), self.mqtt.probe_returned))
+            mqtt = self.mqtt
+            await self.inbox.put(
+                Tick(mqtt.delivery_silence(), mqtt.probe_returned, mqtt.intake_lag())
+            )
 
     async def _membership(self) -> None:
         await self.membership.round()

@@ -238,7 +238,8 @@ class Settings(BaseSettings):
         gt=0,
         description="With no message through the broker for this long (not even the "
         "operator's own probe), the broker is suspect: base liveness clocks stop and /readyz "
-        "fails.",
+        "fails. With the probe this late while messages still come, the operator reads them "
+        "late: base liveness clocks stop too, until it is back under half this.",
     )
     mass_silence_share: float = Field(
         default=0.55,

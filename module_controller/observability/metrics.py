@@ -159,6 +159,12 @@ class Metrics:
             "Times the broker stopped delivering the operator's probe in time.",
             registry=self.registry,
         )
+        self._intake_lag = Gauge(
+            f"{PREFIX}_mqtt_intake_lag_seconds",
+            "How late the operator's own probe comes back through the broker, so how late "
+            "base messages reach it. Base liveness pauses from BROKER_SUSPECT_SECONDS.",
+            registry=self.registry,
+        )
         self._mass_silence = Gauge(
             f"{PREFIX}_mass_silence",
             "1 while a mass silence of bases holds back node deletions, else 0.",
@@ -279,6 +285,9 @@ class Metrics:
             self._broker_suspect.inc()
         self._delivering = delivering
         self._broker_delivering.set(1 if delivering else 0)
+
+    def set_intake_lag(self, seconds: float) -> None:
+        self._intake_lag.set(seconds)
 
     def set_mass_silence(self, holding: bool) -> None:
         self._mass_silence.set(1 if holding else 0)

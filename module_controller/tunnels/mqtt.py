@@ -16,6 +16,7 @@ import logging
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -50,6 +51,17 @@ WILDCARD_KINDS = (BaseTopic.HEART, BaseTopic.QUERY_BASELINE)
 # All it may receive: the rest only from the bases it commands (tunnels/mqtt_answers.py).
 SUBSCRIBED_KINDS = WILDCARD_KINDS + PER_BASE_TOPICS
 _ANSWER_KINDS = frozenset(PER_BASE_TOPICS)
+
+
+# Heartbeats come at QoS 0, past the broker's in-flight window of QoS 1 messages, which
+# caps those at 20 per round trip through our event loop. On a box short of CPU, at 1,000
+# bases, heartbeats waited behind that window in the broker's queue, and it dropped some
+# when full: live bases went silent, though the operator's probe (QoS 0) came back on time.
+# At QoS 0 they travel the probe's own path, so a late probe says they are late too
+# (intake_lag). A lost heartbeat costs nothing: the next one comes a period later.
+WILDCARD_QOS = {BaseTopic.HEART: 0, BaseTopic.QUERY_BASELINE: 1}
+# Probes sent and not yet back that are remembered: enough to tell any lag that matters.
+PROBES_REMEMBERED = 100
 
 
 def subscriptions(env: str) -> list[str]:
@@ -149,6 +161,8 @@ class MqttTunnel:
         # Whether our probe came back on this connection: a broker whose ACL denies the
         # probe topic still delivers the bases' messages, which then are the only proof.
         self.probe_returned = False
+        # (number, when sent) of the probes not back yet, oldest first.
+        self._probes_out: deque[tuple[int, float]] = deque(maxlen=PROBES_REMEMBERED)
         self._deliver = deliver
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
@@ -212,11 +226,14 @@ class MqttTunnel:
             try:
                 async with client:
                     _send_at_once(client)
-                    for topic in subscriptions(self.settings.env):
-                        await client.subscribe(topic, qos=1)
+                    for kind, topic in zip(
+                        WILDCARD_KINDS, subscriptions(self.settings.env), strict=True
+                    ):
+                        await client.subscribe(topic, qos=WILDCARD_QOS[kind])
                     await client.subscribe(self.probe_topic, qos=0)
                     self.last_delivery = time.monotonic()
                     self.probe_returned = False
+                    self._probes_out.clear()
                     answers = AnswerSubscriptions.of(self.settings.env, client)
                     await answers.restore(
                         identity
@@ -248,7 +265,7 @@ class MqttTunnel:
                             self.last_delivery = time.monotonic()
                             topic = str(message.topic)
                             if topic == self.probe_topic:
-                                self.probe_returned = True
+                                self._probe_back(message.payload)
                             else:
                                 await self._dispatch(topic, message.payload)
                             acks.handled(message)
@@ -306,6 +323,27 @@ class MqttTunnel:
             return 0.0
         return time.monotonic() - self.last_delivery
 
+    def intake_lag(self) -> float | None:
+        """How late messages reach us now: seconds since the oldest of our probes not yet
+        back was sent (0 when none is out). None when disconnected.
+
+        The probe queues behind the heartbeats, at the broker, in our socket and in the
+        client's queue: when it is late, so are they, whether the broker or we are slow."""
+        if not self.connected.is_set():
+            return None
+        if not self._probes_out:
+            return 0.0
+        return max(0.0, time.monotonic() - self._probes_out[0][1])
+
+    def _probe_back(self, payload: object) -> None:
+        self.probe_returned = True
+        try:
+            number = int(payload) if isinstance(payload, bytes | str) else -1
+        except ValueError:
+            return  # not one of ours
+        while self._probes_out and self._probes_out[0][0] <= number:
+            self._probes_out.popleft()
+
     async def _probe(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Send ourselves a message every few seconds, to prove the broker delivers.
 
@@ -317,6 +355,8 @@ class MqttTunnel:
         while not stop.is_set():
             number += 1
             try:
+                # Noted first: it may be back before publish() returns.
+                self._probes_out.append((number, time.monotonic()))
                 # QoS 0 and a bound: a frozen broker must not hold this loop.
                 async with asyncio.timeout(period):
                     await client.publish(self.probe_topic, str(number).encode(), qos=0)

@@ -1,4 +1,5 @@
-"""A full inbox makes the broker hold what bases send; nothing is lost without a count.
+"""A full inbox makes the broker hold what bases send at QoS 1 (all but heartbeats, which come
+at QoS 0: tests/integration/test_mqtt_intake_lag.py); nothing is lost without a count.
 
 The tunnel acknowledges a QoS 1 message only once the inbox has taken it, so while the
 dispatcher is behind, the broker stops at its in-flight window (Mosquitto: 20, though
@@ -18,10 +19,10 @@ import aiomqtt
 
 from module_controller.inbox import Inbox
 from module_controller.observability.metrics import Metrics
-from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
+from module_controller.protocol import BaseMetadata, encode, wrap
 from module_controller.settings import Settings
 from module_controller.tunnels.decoder import DropReason
-from module_controller.tunnels.events import BaseHeartbeat, BrokerConnected
+from module_controller.tunnels.events import BaselineQuery, BrokerConnected
 from module_controller.tunnels.mqtt import MqttTunnel
 from module_controller.tunnels.mqtt_incoming import ACK_ON_ARRIVAL_BELOW, BROKER_WINDOW
 from tests.private_broker import PrivateBroker
@@ -32,9 +33,8 @@ INBOX = 200  # well above the broker's in-flight window, as the default (10,000)
 STUCK_MESSAGES = 200
 
 
-def heartbeat(identity: str) -> bytes:
-    metadata = BaseMetadata(identity=identity, name="base", version="1")
-    return encode(wrap(BaseStatus(base_metadata=metadata, local_ip="127.0.0.2")))
+def baseline_query(identity: str) -> bytes:
+    return encode(wrap(BaseMetadata(identity=identity, name="base", version="1")))
 
 
 async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
@@ -52,7 +52,9 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
         ) as base:
             for number in range(MESSAGES):  # nobody takes anything out of the inbox meanwhile
                 await base.publish(
-                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
+                    f"koupleless_dev/b{number}/base/queryBaseline",
+                    baseline_query(f"b{number}"),
+                    qos=1,
                 )
 
         async def inbox_full() -> bool:
@@ -68,7 +70,7 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
         async def all_heard() -> bool:
             while len(inbox):
                 event = inbox.get_nowait()
-                if isinstance(event, BaseHeartbeat):
+                if isinstance(event, BaselineQuery):
                     heard.add(event.identity)
             dropped = tunnel.decoder.dropped[DropReason.CLIENT_QUEUE_FULL]
             return len(heard) + dropped == MESSAGES
@@ -80,7 +82,7 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
         await wait_for(
             all_heard,
             timeout=30,
-            what="every heartbeat heard or counted as dropped",
+            what="every query heard or counted as dropped",
             diagnose=diagnose,
             interval=0.01,
         )
@@ -91,8 +93,8 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
 
 @contextlib.asynccontextmanager
 async def stuck_tunnel(broker: PrivateBroker, settings: Settings) -> AsyncIterator[MqttTunnel]:
-    """A tunnel whose handling is stuck for good on the first message, once a base has
-    published STUCK_MESSAGES heartbeats."""
+    """A tunnel whose handling is stuck for good on the first message, once bases have
+    published STUCK_MESSAGES baseline queries."""
     info = broker.info
     stuck = asyncio.Event()
 
@@ -110,7 +112,9 @@ async def stuck_tunnel(broker: PrivateBroker, settings: Settings) -> AsyncIterat
         ) as base:
             for number in range(STUCK_MESSAGES):
                 await base.publish(
-                    f"koupleless_dev/b{number}/base/heart", heartbeat(f"b{number}"), qos=1
+                    f"koupleless_dev/b{number}/base/queryBaseline",
+                    baseline_query(f"b{number}"),
+                    qos=1,
                 )
         await asyncio.wait_for(stuck.wait(), 10)
         yield tunnel

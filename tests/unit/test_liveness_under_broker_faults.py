@@ -157,12 +157,14 @@ class FakeTunnel:
     last_delivery: float
     probe_returned: bool = False
     connected: bool = True
+    intake_lag: float = 0.0
 
     def delivery_silence(self) -> float | None:
         return self.clock.now - self.last_delivery if self.connected else None
 
     def tick(self) -> Tick:
-        return Tick(self.delivery_silence(), self.probe_returned)
+        lag = self.intake_lag if self.connected else None
+        return Tick(self.delivery_silence(), self.probe_returned, lag)
 
 
 @dataclass

@@ -20,6 +20,7 @@ EXPECTED_FAMILIES = {
     "module_controller_mqtt_reconnects": "counter",
     "module_controller_kubernetes_api_errors": "counter",
     "module_controller_mqtt_broker_delivering": "gauge",
+    "module_controller_mqtt_intake_lag_seconds": "gauge",
     "module_controller_mqtt_broker_suspect": "counter",
     "module_controller_mass_silence": "gauge",
     "module_controller_pod_status_writes": "counter",
