@@ -42,6 +42,7 @@ from module_controller.tunnels.events import (
 from module_controller.tunnels.mqtt_answers import AnswerSubscriptions
 from module_controller.tunnels.mqtt_errors import describe_mqtt_error
 from module_controller.tunnels.mqtt_incoming import Acknowledgements, bounded_queue, incoming
+from module_controller.tunnels.mqtt_reading import read_in_batches
 from module_controller.tunnels.tls import mqtt_tls_context
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ class MqttTunnel:
             logger=_client_log,
         )
         acks.attach(client)
+        read_in_batches(client._client)
         # Backpressure to the broker (mqtt_incoming.py): paho would acknowledge every
         # message on arrival. aiomqtt has no option for it; paho's client has.
         client._client.manual_ack_set(True)

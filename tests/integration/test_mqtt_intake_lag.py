@@ -87,3 +87,71 @@ async def test_a_slow_operator_loses_no_heartbeat_and_its_probe_is_as_late(
         f"heartbeats reached the operator up to {latest:.1f}s late, but its probe at most "
         f"{probe_latest:.1f}s: the probe does not travel their path"
     )
+
+
+BUSY_BASES = 3000
+TURN_SECONDS = 0.005  # each turn of the operator's event loop takes this long
+
+
+def publish_from_a_thread(private_broker: PrivateBroker, count: int) -> dict[str, float]:
+    """Heartbeats of `count` bases, from ten clients on an event loop of their own (ours is
+    busy); returns when each was sent."""
+    info = private_broker.info
+    sent: dict[str, float] = {}
+
+    async def client(first: int) -> None:
+        async with aiomqtt.Client(
+            info.host, info.port, username=info.username, password=info.password
+        ) as base:
+            for number in range(first, count, 10):
+                identity = f"b{number}"
+                sent[identity] = time.monotonic()
+                await base.publish(f"koupleless_dev/{identity}/base/heart", heartbeat(identity), 1)
+
+    async def all_clients() -> None:
+        await asyncio.gather(*(client(first) for first in range(10)))
+
+    asyncio.run(all_clients())
+    return sent
+
+
+async def test_a_busy_event_loop_still_reads_heartbeats_as_they_come(
+    private_broker: PrivateBroker,
+) -> None:
+    """paho reads one message per readable event, and the event loop turns once per
+    message: with 5 ms turns the operator read under 200 a second, and these 3,000 came
+    up to 10 s late and were dropped as stale (tunnels/mqtt_reading.py)."""
+    settings = private_broker.operator_settings(broker_probe_seconds=0.25)
+    handled: dict[str, float] = {}
+
+    async def deliver(event: TunnelEvent) -> None:
+        if isinstance(event, BaseHeartbeat):
+            handled[event.identity] = time.monotonic()
+
+    tunnel = MqttTunnel(settings, deliver)
+    running = asyncio.create_task(tunnel.run())
+
+    async def busy() -> None:
+        while True:
+            time.sleep(TURN_SECONDS)  # the rest of a busy operator's work in this turn
+            await asyncio.sleep(0)
+
+    busying = asyncio.create_task(busy())
+    try:
+        await asyncio.wait_for(tunnel.connected.wait(), 10)
+        sent = await asyncio.to_thread(publish_from_a_thread, private_broker, BUSY_BASES)
+
+        async def all_handled() -> bool:
+            return len(handled) + sum(tunnel.decoder.dropped.values()) == BUSY_BASES
+
+        async def diagnose() -> str:
+            return f"{len(handled)} handled, dropped {dict(tunnel.decoder.dropped)}"
+
+        await wait_for(all_handled, timeout=30, what="every heartbeat handled", diagnose=diagnose)
+    finally:
+        busying.cancel()
+        running.cancel()
+        await asyncio.gather(busying, running, return_exceptions=True)
+    assert not tunnel.decoder.dropped, f"dropped: {dict(tunnel.decoder.dropped)}"
+    latest = max(handled[identity] - sent[identity] for identity in handled)
+    assert latest < 3, f"heartbeats were read up to {latest:.1f}s after they were sent"
