@@ -22,6 +22,7 @@ from module_controller.inbox import (
     Tick,
 )
 from module_controller.k8s_events import EventRecorder, ObjectRef
+from module_controller.late_intake import LateIntake, Verdict
 from module_controller.lograte import RateLimitedLog
 from module_controller.modules.baseline import BaselineAnswers
 from module_controller.modules.state import ModuleState
@@ -95,6 +96,7 @@ class Dispatcher:
         self.owner: OwnerGate = owner or SoleOwner()
         self.retirements = BackgroundTasks("dispatcher")
         self._probe_denied_told = False
+        self.late_intake = LateIntake.of(settings)
         self._log = RateLimitedLog(log)
         self._pods_counted_at: float | None = None
 
@@ -148,8 +150,11 @@ class Dispatcher:
                 if self.owner.may_write_node(self.registry.node_name_for(identity), identity):
                     self.baseline.answer(event)
             case BrokerConnected():
-                # A fresh session whose subscriptions were acknowledged: the broker delivers.
+                # A fresh session whose subscriptions were acknowledged: the broker delivers,
+                # and its probes will tell afresh how late.
                 self._broker_delivers()
+                self.late_intake.reset()
+                self.registry.intake_caught_up()
                 self.registry.broker_up()
                 self.health.set("mqtt", True, "connected to the broker")
             case BrokerDisconnected(reason=reason, was_connected=was_connected):
@@ -272,7 +277,7 @@ class Dispatcher:
 
     def _tick(self, tick: Tick) -> None:
         self._judge_broker(tick)
-        changed = self.registry.tick()
+        changed = self.registry.tick(at=tick.at)
         self._nodes_changed(changed)
         self.module_sync.nodes_changed(set(changed))
         bases = self.registry.live_bases()
@@ -337,26 +342,32 @@ class Dispatcher:
             )
 
     def _judge_intake(self, lag: float) -> None:
-        """Messages still come, but late (our probe too): heartbeats are late, not missing.
-
-        An operator short of CPU reads its socket late; past MESSAGE_MAX_AGE_SECONDS it drops
-        what it reads as stale. Its bases are not silent then: it is deaf. So liveness pauses
-        (clocks stop) from BROKER_SUSPECT_SECONDS late until it is back under half that.
-        """
+        """Messages still come, but late (our probe too): heartbeats are late, not missing
+        (late_intake.py)."""
         self.metrics.set_intake_lag(lag)
-        bound = self.settings.broker_suspect_seconds
-        if self.registry.intake_current and lag >= bound:
-            self.registry.intake_behind()
-            log.warning(
-                "The operator reads MQTT messages %.0fs late (its own probe through the broker "
-                "came back that late): base liveness is paused until it catches up, so no "
-                "node goes NotReady for heartbeats that are only late. Is the operator, or "
-                "the broker, short of CPU?",
-                lag,
-            )
-        elif not self.registry.intake_current and lag < bound / 2:
-            log.info("The operator reads MQTT messages in time again: base liveness resumes.")
-            self.registry.intake_caught_up()
+        match self.late_intake.judge(lag, self.registry.clock()):
+            case Verdict.PAUSE:
+                self.registry.intake_behind()
+                log.warning(
+                    "The operator reads MQTT messages %.0fs late (its own probe through the "
+                    "broker came back that late): base liveness is paused until it catches up, "
+                    "so no node goes NotReady for heartbeats that are only late. Is the "
+                    "operator, or the broker, short of CPU?",
+                    lag,
+                )
+            case Verdict.RESUME:
+                log.info("The operator reads MQTT messages in time again: liveness resumes.")
+                self.registry.intake_caught_up()
+            case Verdict.GIVE_UP:
+                log.error(
+                    "The operator has read MQTT messages late (its probe %.0fs late now) for "
+                    "%.0fs (MASS_SILENCE_MAX_SECONDS): base liveness is judged again, though "
+                    "heartbeats may come late. Is it short of CPU, or does the broker no "
+                    "longer return its probe?",
+                    lag,
+                    self.late_intake.max_seconds,
+                )
+                self.registry.intake_caught_up()
 
     def _broker_delivers(self) -> None:
         self.registry.broker_delivers()

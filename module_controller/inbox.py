@@ -4,7 +4,8 @@ The MQTT tunnel, the Kopf watch handlers and the liveness clock put events here;
 dispatcher takes them out one at a time. The queue is bounded: when it is full, whoever
 puts waits, and a metric and a log line say so. No event is dropped here: a base's install
 answer matters as much as a heartbeat. The MQTT reader waiting means the tunnel stops
-acknowledging, so the broker holds what bases send (see tunnels/mqtt.py).
+acknowledging, so the broker holds the answers bases send (QoS 1); heartbeats (QoS 0) wait
+in the MQTT client's bounded queue (see tunnels/mqtt_incoming.py).
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ class Tick:
 
     `broker_silence`: seconds since a message last came through the broker (None while
     disconnected); `probe_returned`: whether our own probe came back on this connection;
-    `intake_lag`: how late our probe is now, so how late the bases' messages reach us.
+    `intake_lag`: how late our probe is now, so how late the bases' messages reach us;
+    `at`: when it was made (the registry's clock), as of which liveness is judged: the
+    heartbeats read before it are ahead of it in the inbox, those read after are not.
     """
 
     broker_silence: float | None
     probe_returned: bool
     intake_lag: float | None = None
+    at: float | None = None
 
 
 OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipChanged | Tick

@@ -401,14 +401,15 @@ class BaseRegistry:
         self.bases[identity] = record
         self._by_node[node_name] = identity
 
-    def tick(self) -> list[str]:
-        """Apply the liveness rules at the current time; returns the nodes to resync."""
+    def tick(self, at: float | None = None) -> list[str]:
+        """Apply the liveness rules as of `at` (now by default; never later); returns the
+        nodes to resync."""
         judged = [
             r for r in self.bases.values() if self._paused_since is None or r.tunnel != "mqtt"
         ]
         if not judged:
             return []
-        now = self.clock()
+        now = self.clock() if at is None else min(at, self.clock())
         not_ready_after = self.settings.base_not_ready_seconds
         silent_last_seen = [r.last_seen for r in judged if now - r.last_seen >= not_ready_after]
         hold = self._mass_silence.holds_deletions(silent_last_seen, len(judged), now)

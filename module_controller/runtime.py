@@ -326,12 +326,12 @@ class Runtime:
         self.metrics.set_event_queue_depth(len(self.inbox))
         self.metrics.set_bases_owned(len(self.ownership.held()))
         if self.mqtt is None:
-            await self.inbox.put(Tick(None, False))  # no broker to judge
+            await self.inbox.put(Tick(None, False, at=self.registry.clock()))  # no broker
         else:
             mqtt = self.mqtt
-            await self.inbox.put(
-                Tick(mqtt.delivery_silence(), mqtt.probe_returned, mqtt.intake_lag())
-            )
+            lag = mqtt.intake_lag()
+            facts = Tick(mqtt.delivery_silence(), mqtt.probe_returned, lag, self.registry.clock())
+            await self.inbox.put(facts)
 
     async def _membership(self) -> None:
         await self.membership.round()

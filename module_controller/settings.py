@@ -238,8 +238,9 @@ class Settings(BaseSettings):
         gt=0,
         description="With no message through the broker for this long (not even the "
         "operator's own probe), the broker is suspect: base liveness clocks stop and /readyz "
-        "fails. With the probe this late while messages still come, the operator reads them "
-        "late: base liveness clocks stop too, until it is back under half this.",
+        "fails. With the probe half this late (or half MESSAGE_MAX_AGE_SECONDS, if shorter) "
+        "while messages still come, the operator reads them late: base liveness clocks stop "
+        "too, until it is back under a quarter.",
     )
     mass_silence_share: float = Field(
         default=0.55,
@@ -274,8 +275,9 @@ class Settings(BaseSettings):
         ge=10,
         description="Events (base messages, pod changes) that may wait for the dispatcher, "
         "and messages the MQTT client may hold. When full, the reader waits and stops "
-        "acknowledging, so the broker holds messages; what the client still cannot hold "
-        "is dropped, counted (client_queue_full) and logged.",
+        "acknowledging, so the broker holds the bases' answers (QoS 1); what the client "
+        "still cannot hold (heartbeats come at QoS 0) is dropped, counted "
+        "(client_queue_full) and logged.",
     )
     inventory_poll_seconds: float = Field(
         default=15, gt=0, description="How often each base is asked for its full module list."

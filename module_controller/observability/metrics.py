@@ -162,7 +162,8 @@ class Metrics:
         self._intake_lag = Gauge(
             f"{PREFIX}_mqtt_intake_lag_seconds",
             "How late the operator's own probe comes back through the broker, so how late "
-            "base messages reach it. Base liveness pauses from BROKER_SUSPECT_SECONDS.",
+            "base messages reach it. Base liveness pauses from half the shorter of "
+            "BROKER_SUSPECT_SECONDS and MESSAGE_MAX_AGE_SECONDS.",
             registry=self.registry,
         )
         self._mass_silence = Gauge(

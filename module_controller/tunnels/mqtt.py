@@ -61,7 +61,7 @@ _ANSWER_KINDS = frozenset(PER_BASE_TOPICS)
 # At QoS 0 they travel the probe's own path, so a late probe says they are late too
 # (intake_lag). A lost heartbeat costs nothing: the next one comes a period later.
 WILDCARD_QOS = {BaseTopic.HEART: 0, BaseTopic.QUERY_BASELINE: 1}
-# Probes sent and not yet back that are remembered: enough to tell any lag that matters.
+# Probes sent and not yet back that are remembered (the oldest: they tell the lag).
 PROBES_REMEMBERED = 100
 
 
@@ -127,9 +127,10 @@ def _send_at_once(client: aiomqtt.Client) -> None:
     """Turn Nagle's algorithm off on the connection's socket.
 
     With it on, a command waited in our socket while an earlier write (a PUBACK: we
-    acknowledge every QoS 1 message a base sends) was not yet acknowledged by the broker's
-    TCP, which delays its ACKs: pod bound -> base got installBiz took 22 ms p50 with one
-    replica at 150 bases x 5 pods, 3 ms with this (benchmarks/replica_scale.py).
+    acknowledge every QoS 1 message a base sends; heartbeats were QoS 1 then) was not yet
+    acknowledged by the broker's TCP, which delays its ACKs: pod bound -> base got
+    installBiz took 22 ms p50 with one replica at 150 bases x 5 pods, 3 ms with this
+    (benchmarks/replica_scale.py).
     """
     sock = client._client.socket()
     if isinstance(sock, socket.socket):  # TLS sockets too; not a websocket's wrapper
@@ -163,7 +164,10 @@ class MqttTunnel:
         # probe topic still delivers the bases' messages, which then are the only proof.
         self.probe_returned = False
         # (number, when sent) of the probes not back yet, oldest first.
-        self._probes_out: deque[tuple[int, float]] = deque(maxlen=PROBES_REMEMBERED)
+        self._probes_out: deque[tuple[int, float]] = deque()
+        # How long the last probe back took: the oldest probe out alone reads low by up to a
+        # probe period (it was sent after the last one back).
+        self._last_round_trip = 0.0
         self._deliver = deliver
         self._waiting_on_inbox = False
         self._client: aiomqtt.Client | None = None
@@ -236,6 +240,7 @@ class MqttTunnel:
                     self.last_delivery = time.monotonic()
                     self.probe_returned = False
                     self._probes_out.clear()
+                    self._last_round_trip = 0.0
                     answers = AnswerSubscriptions.of(self.settings.env, client)
                     await answers.restore(
                         identity
@@ -326,16 +331,17 @@ class MqttTunnel:
         return time.monotonic() - self.last_delivery
 
     def intake_lag(self) -> float | None:
-        """How late messages reach us now: seconds since the oldest of our probes not yet
-        back was sent (0 when none is out). None when disconnected.
+        """How late messages reach us now: how long the last probe back took, or, when
+        longer, how long the oldest of our probes not yet back has been out. None when
+        disconnected.
 
         The probe queues behind the heartbeats, at the broker, in our socket and in the
         client's queue: when it is late, so are they, whether the broker or we are slow."""
         if not self.connected.is_set():
             return None
         if not self._probes_out:
-            return 0.0
-        return max(0.0, time.monotonic() - self._probes_out[0][1])
+            return self._last_round_trip
+        return max(self._last_round_trip, time.monotonic() - self._probes_out[0][1])
 
     def _probe_back(self, payload: object) -> None:
         self.probe_returned = True
@@ -344,7 +350,13 @@ class MqttTunnel:
         except ValueError:
             return  # not one of ours
         while self._probes_out and self._probes_out[0][0] <= number:
-            self._probes_out.popleft()
+            _, sent = self._probes_out.popleft()
+            self._last_round_trip = time.monotonic() - sent
+
+    def _probe_sent(self, number: int) -> None:
+        # When too many are out, the oldest are kept: they tell how late the intake is.
+        if len(self._probes_out) < PROBES_REMEMBERED:
+            self._probes_out.append((number, time.monotonic()))
 
     async def _probe(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Send ourselves a message every few seconds, to prove the broker delivers.
@@ -357,8 +369,7 @@ class MqttTunnel:
         while not stop.is_set():
             number += 1
             try:
-                # Noted first: it may be back before publish() returns.
-                self._probes_out.append((number, time.monotonic()))
+                self._probe_sent(number)  # first: it may be back before publish() returns
                 # QoS 0 and a bound: a frozen broker must not hold this loop.
                 async with asyncio.timeout(period):
                     await client.publish(self.probe_topic, str(number).encode(), qos=0)

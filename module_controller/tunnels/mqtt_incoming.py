@@ -1,15 +1,15 @@
 """How the MQTT client's messages come in: a bounded queue, acknowledged early while it is
 short, read without aiomqtt's cost per message.
 
-Backpressure: a QoS 1 message is acknowledged only once the inbox has taken it, so while
-the operator is behind, the broker holds what bases send (it stops at its in-flight window,
-20 in Mosquitto). But that window also caps the throughput when the operator is *not*
-behind: at most 20 messages per round trip from the broker through our event loop and
-back. At 1,000 bases (about 270 messages a second) on a busy event loop the round trip was
-long enough for the broker to queue messages until they were dropped as stale (10 s). So
-while few messages wait here, each is acknowledged as it arrives; past that, the window
-applies again. Nothing is lost by acknowledging early: the session is clean, so a message
-taken but not handled when the operator stops would not be sent again anyway.
+Backpressure: a QoS 1 message (a base's answer) is acknowledged only once the inbox has
+taken it, so while the operator is behind, the broker holds what bases answer (it stops at
+its in-flight window, 20 in Mosquitto). But that window also caps the throughput when the
+operator is *not* behind: at most 20 messages per round trip from the broker through our
+event loop and back. So while few messages wait here, each is acknowledged as it arrives;
+past that, the window applies again. Nothing is lost by acknowledging early: the session is
+clean, so a message taken but not handled when the operator stops would not be sent again
+anyway. Heartbeats come at QoS 0 (tunnels/mqtt.py says why): nothing holds them back but
+this queue's bound, past which they are dropped and counted.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ class Acknowledgements:
         # The queue must still hold the broker's window behind what was acknowledged on
         # arrival: what it discards is acknowledged too, freeing a slot of the window for
         # the next, and the broker would stream everything into the discard. Half the
-        # room past the window only: the other half is for QoS 0 (our probe) arriving
-        # meanwhile. A queue smaller than the window overflows whatever is acknowledged.
+        # room past the window only: the other half is for QoS 0 (heartbeats, our probe)
+        # arriving meanwhile. A queue smaller than the window overflows whatever is
+        # acknowledged.
         room = (queue_size - BROKER_WINDOW) // 2
         self._ack_on_arrival_below = (
             min(ACK_ON_ARRIVAL_BELOW, room) if room >= 0 else ACK_ON_ARRIVAL_BELOW
@@ -80,7 +81,7 @@ def bounded_queue(
 
     Past ACK_ON_ARRIVAL_BELOW the broker sends no more QoS 1 messages than its in-flight
     window until we acknowledge, so this fills only past that (an EVENT_QUEUE_SIZE below
-    it) or with a flood of QoS 0 messages.
+    it) or with QoS 0 messages (heartbeats) while the inbox is full.
     """
 
     class CountingQueue(asyncio.Queue[aiomqtt.Message]):

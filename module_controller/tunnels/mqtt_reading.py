@@ -29,10 +29,14 @@ class _Buffer:
         self._at = 0
         self.may_read_socket = True
 
+    @property
+    def holds_bytes(self) -> bool:
+        return self._at < len(self._data)
+
     def recv(self, bufsize: int) -> bytes:
         """Up to `bufsize` bytes; b"" once the peer closed; BlockingIOError when none wait
         (or the socket may not be read again this turn)."""
-        if self._at >= len(self._data):
+        if not self.holds_bytes:
             if not self.may_read_socket:
                 raise BlockingIOError
             data = self._recv(RECV_BYTES)
@@ -59,8 +63,10 @@ def read_in_batches(client: paho.Client) -> None:
             rc = client._packet_read()
             if rc > 0:
                 return client._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN and not buffer.holds_bytes:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
+            # (paho also says "again" for a packet it read 100 pieces of: what the buffer
+            # still holds would wait for the next bytes to arrive, so it is read now.)
             read += 1
             if read >= PACKETS_PER_TURN:
                 buffer.may_read_socket = False  # the buffer's rest, then the turn ends

@@ -99,3 +99,19 @@ def test_a_closed_connection_is_reported(
     broker.close()
     assert client.loop_read() == MQTTErrorCode.MQTT_ERR_CONN_LOST
     assert topics == ["t/0", "t/1"]
+
+
+def test_a_message_read_in_a_hundred_pieces_leaves_nothing_behind_in_the_buffer(
+    connection: tuple[paho.Client, socket.socket, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: paho says "again" after reading one message in 100 pieces, even when
+    the 100th completed it. The turn then ended with the next message in the buffer and
+    none in the socket: it waited for whatever the broker sent next (at worst a ping answer).
+    With 64 KB reads that takes a 6 MB message (1.6 MB over TLS, 16 KB a record)."""
+    monkeypatch.setattr(reading, "RECV_BYTES", 10)
+    client, broker, topics = connection
+    body = 7 + 10 * 98 + 5  # after its first 3 bytes: 7 in the first read, then 99 more
+    big = publish_packet("b", b"x" * (body - 3))
+    broker.sendall(big + publish_packet("h", b""))
+    client.loop_read()
+    assert topics == ["b", "h"]

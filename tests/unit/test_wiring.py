@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -249,3 +250,17 @@ async def test_a_lease_made_while_its_node_is_deleted_goes_with_the_node(
     answer.set()
     await wired.until("the node's deletion done", deleted_logged)
     assert node not in wired.cluster.leases
+
+
+async def test_liveness_is_judged_as_of_when_the_tick_was_made(wired: Wired) -> None:
+    """A tick waits in the inbox behind what was read before it; a heartbeat read after it
+    waits behind it. Judged when handled (here 10 s after it was made), the base had been
+    silent past BASE_NOT_READY_SECONDS, and its node went NotReady with its heartbeat next
+    in the queue."""
+    node = wired.registry.node_name_for(IDENTITY)
+    await wired.say(heartbeat())
+    await wired.until_logged(("create node", node))
+    made = wired.clock.now + wired.settings.base_not_ready_seconds - 5
+    wired.clock.now = made + 10
+    wired.dispatcher.dispatch(replace(wired.tick(), at=made))
+    assert wired.registry.bases[IDENTITY].ready, wired.registry.bases[IDENTITY].not_ready_reason
