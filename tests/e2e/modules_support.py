@@ -140,6 +140,7 @@ class PodHistory:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.events: list[PodEvent] = []
+        self.errors: list[str] = []  # of the watch, which then goes on
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -154,19 +155,42 @@ class PodHistory:
     async def _watch(self, version: str) -> None:
         while True:
             stream = watch.Watch()
-            async with stream.stream(
-                self.core.list_namespaced_pod,
-                self.namespace,
-                resource_version=version,
-                timeout_seconds=300,
-            ) as events:
-                async for event in events:
-                    pod = event["object"]
-                    version = pod.metadata.resource_version
-                    self.events.append(PodEvent(event["type"], pod, time.time()))
+            try:
+                async with stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    resource_version=version,
+                    timeout_seconds=300,
+                ) as events:
+                    async for event in events:
+                        pod = event["object"]
+                        version = pod.metadata.resource_version
+                        self.events.append(PodEvent(event["type"], pod, time.time()))
+            except Exception as error:  # a busy API server: go on from the last version
+                self.errors.append(repr(error))
+                await asyncio.sleep(0.5)
 
     def of(self, name: str) -> list[PodEvent]:
         return [event for event in self.events if event.pod.metadata.name == name]
+
+    async def stop_once_ready_seen(self, pods: Sequence[client.V1Pod]) -> None:
+        """Stop once the watch has delivered each of `pods` Ready: a list may show a pod
+        Ready before the watch delivers that event, which stopping then would miss."""
+        names = {pod.metadata.name for pod in pods}
+
+        def unseen() -> set[str]:
+            return names - {e.pod.metadata.name for e in self.events if is_ready(e.pod)}
+
+        async def all_seen() -> bool:
+            return not unseen()
+
+        async def diagnose() -> str:
+            return f"not seen Ready by the watch: {sorted(unseen())}; its errors: {self.errors}"
+
+        await wait_for(
+            all_seen, timeout=15, what="the pod watch to see each new pod Ready", diagnose=diagnose
+        )
+        await self.stop()
 
     async def stop(self) -> None:
         if self._task is not None:

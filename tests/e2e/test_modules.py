@@ -257,7 +257,7 @@ async def test_a_rolling_update_is_lossless_on_every_base(scene: Scene, test_env
     await scene.modules_everywhere(
         {scene.node_of(b): {"biz1:2.0.0": "ACTIVATED"} for b in scene.bases}
     )
-    await history.stop()
+    await history.stop_once_ready_seen(new)
 
     pods_seen = [event.pod for event in history.events]  # in the API server's order
     for pod in new:

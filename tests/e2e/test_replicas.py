@@ -636,7 +636,7 @@ async def test_bases_sharded_over_replicas_survive_kill_stop_and_a_joining_repli
             what=f"biz1:{NEW} alone on every base",
             diagnose=fleet.describe,
         )
-        await history.stop()
+        await history.stop_once_ready_seen(new)
         fleet.expect(monitor.excused > 0, "the monitor saw no pod of the update in flux")
         late = late_handovers(history.events, old_by_node, new)
         fleet.expect(not late, "a new pod Ready before the old one left:\n" + "\n".join(late))
