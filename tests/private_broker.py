@@ -6,6 +6,8 @@ import os
 import signal
 from pathlib import Path
 
+import aiomqtt
+
 from module_controller.settings import Settings
 from module_controller.testbed import testbed
 from module_controller.testbed.mosquitto import BrokerInfo
@@ -30,6 +32,11 @@ class PrivateBroker:
             "mqtt_password": info.password,
         }
         return Settings(**(values | overrides))  # type: ignore[arg-type]
+
+    def client(self) -> aiomqtt.Client:
+        """A client of this broker, as a base connects (use it with `async with`)."""
+        info = self.info
+        return aiomqtt.Client(info.host, info.port, username=info.username, password=info.password)
 
     def freeze(self) -> None:
         """As a hung broker: every TCP connection stays open and nothing is answered."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiomqtt
-
 from module_controller.protocol import BaseMetadata, BaseStatus, encode, wrap
 from module_controller.tunnels.events import BaseHeartbeat, TunnelEvent
 from module_controller.tunnels.mqtt import MqttTunnel
@@ -33,7 +31,6 @@ def heartbeat(identity: str) -> bytes:
 async def test_a_slow_operator_loses_no_heartbeat_and_its_probe_is_as_late(
     private_broker: PrivateBroker,
 ) -> None:
-    info = private_broker.info
     settings = private_broker.operator_settings(broker_probe_seconds=0.25)
     sent: dict[str, float] = {}
     late: list[float] = []  # how late each heartbeat was handled
@@ -55,9 +52,7 @@ async def test_a_slow_operator_loses_no_heartbeat_and_its_probe_is_as_late(
     watching = asyncio.create_task(watch_the_probe())
     try:
         await asyncio.wait_for(tunnel.connected.wait(), 10)
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
+        async with private_broker.client() as base:
             for number in range(BASES):
                 identity = f"b{number}"
                 sent[identity] = time.monotonic()
@@ -96,13 +91,10 @@ TURN_SECONDS = 0.005  # each turn of the operator's event loop takes this long
 def publish_from_a_thread(private_broker: PrivateBroker, count: int) -> dict[str, float]:
     """Heartbeats of `count` bases, from ten clients on an event loop of their own (ours is
     busy); returns when each was sent."""
-    info = private_broker.info
     sent: dict[str, float] = {}
 
     async def client(first: int) -> None:
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
+        async with private_broker.client() as base:
             for number in range(first, count, 10):
                 identity = f"b{number}"
                 sent[identity] = time.monotonic()

@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiomqtt
-
 from module_controller.inbox import Inbox
 from module_controller.observability.metrics import Metrics
 from module_controller.protocol import BaseMetadata, encode, wrap
@@ -40,16 +38,13 @@ def baseline_query(identity: str) -> bytes:
 async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
     private_broker: PrivateBroker,
 ) -> None:
-    info = private_broker.info
     settings = private_broker.operator_settings(event_queue_size=INBOX)
     inbox = Inbox(INBOX, Metrics())
     tunnel = MqttTunnel(settings, inbox.put)
     running = asyncio.create_task(tunnel.run())
     try:
         assert isinstance(await asyncio.wait_for(inbox.get(), 10), BrokerConnected)
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
+        async with private_broker.client() as base:
             for number in range(MESSAGES):  # nobody takes anything out of the inbox meanwhile
                 await base.publish(
                     f"koupleless_dev/b{number}/base/queryBaseline",
@@ -95,7 +90,6 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(
 async def stuck_tunnel(broker: PrivateBroker, settings: Settings) -> AsyncIterator[MqttTunnel]:
     """A tunnel whose handling is stuck for good on the first message, once bases have
     published STUCK_MESSAGES baseline queries."""
-    info = broker.info
     stuck = asyncio.Event()
 
     async def deliver(event: object) -> None:
@@ -107,9 +101,7 @@ async def stuck_tunnel(broker: PrivateBroker, settings: Settings) -> AsyncIterat
     running = asyncio.create_task(tunnel.run())
     try:
         await asyncio.wait_for(tunnel.connected.wait(), 10)
-        async with aiomqtt.Client(
-            info.host, info.port, username=info.username, password=info.password
-        ) as base:
+        async with broker.client() as base:
             for number in range(STUCK_MESSAGES):
                 await base.publish(
                     f"koupleless_dev/b{number}/base/queryBaseline",
