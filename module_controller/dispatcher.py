@@ -22,7 +22,7 @@ from module_controller.inbox import (
     Tick,
 )
 from module_controller.k8s_events import EventRecorder, ObjectRef
-from module_controller.late_intake import LateIntake, Verdict
+from module_controller.late_intake import Verdict
 from module_controller.lograte import RateLimitedLog
 from module_controller.modules.baseline import BaselineAnswers
 from module_controller.modules.state import ModuleState
@@ -96,7 +96,6 @@ class Dispatcher:
         self.owner: OwnerGate = owner or SoleOwner()
         self.retirements = BackgroundTasks("dispatcher")
         self._probe_denied_told = False
-        self.late_intake = LateIntake.of(settings)
         self._log = RateLimitedLog(log)
         self._pods_counted_at: float | None = None
 
@@ -150,11 +149,8 @@ class Dispatcher:
                 if self.owner.may_write_node(self.registry.node_name_for(identity), identity):
                     self.baseline.answer(event)
             case BrokerConnected():
-                # A fresh session whose subscriptions were acknowledged: the broker delivers,
-                # and its probes will tell afresh how late.
+                # A fresh session whose subscriptions were acknowledged: the broker delivers.
                 self._broker_delivers()
-                self.late_intake.reset()
-                self.registry.intake_caught_up()
                 self.registry.broker_up()
                 self.health.set("mqtt", True, "connected to the broker")
             case BrokerDisconnected(reason=reason, was_connected=was_connected):
@@ -317,7 +313,7 @@ class Dispatcher:
                 log.info("The MQTT broker delivers again: base liveness resumes.")
                 self._broker_delivers()
                 self.health.set("mqtt", True, "the broker delivers")
-            self._judge_intake(tick.intake_lag or 0.0)
+            self._judge_intake(tick.intake_lag or 0.0, tick.at)
             return
         detail = f"no message through the broker for {silence:.0f}s"
         self.health.set("mqtt", False, detail)
@@ -341,13 +337,12 @@ class Dispatcher:
                 "liveness is paused, the node is kept as it was",
             )
 
-    def _judge_intake(self, lag: float) -> None:
+    def _judge_intake(self, lag: float, at: float | None) -> None:
         """Messages still come, but late (our probe too): heartbeats are late, not missing
         (late_intake.py)."""
         self.metrics.set_intake_lag(lag)
-        match self.late_intake.judge(lag, self.registry.clock()):
+        match self.registry.intake_lag(lag, self.registry.clock() if at is None else at):
             case Verdict.PAUSE:
-                self.registry.intake_behind()
                 log.warning(
                     "The operator reads MQTT messages %.0fs late (its own probe through the "
                     "broker came back that late): base liveness is paused until it catches up, "
@@ -357,7 +352,6 @@ class Dispatcher:
                 )
             case Verdict.RESUME:
                 log.info("The operator reads MQTT messages in time again: liveness resumes.")
-                self.registry.intake_caught_up()
             case Verdict.GIVE_UP:
                 log.error(
                     "The operator has read MQTT messages late (its probe %.0fs late now) for "
@@ -365,9 +359,8 @@ class Dispatcher:
                     "heartbeats may come late. Is it short of CPU, or does the broker no "
                     "longer return its probe?",
                     lag,
-                    self.late_intake.max_seconds,
+                    self.settings.mass_silence_max_seconds,
                 )
-                self.registry.intake_caught_up()
 
     def _broker_delivers(self) -> None:
         self.registry.broker_delivers()

@@ -8,7 +8,8 @@ default), and run again once under half that. A pause that lasts MASS_SILENCE_MA
 ends anyway: the probe may be lost for good (an ACL changed), or the operator never catches
 up, and liveness must not stop forever on a measure that cannot be trusted.
 
-Pure: told the lag and the clock, it says what to do. The dispatcher does it.
+Pure: told the lag and the clock, it says what to do. The registry does it; the dispatcher
+says so in the log.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from module_controller import naming
+from module_controller.late_intake import LateIntake, Verdict
 from module_controller.lograte import RateLimitedLog
 from module_controller.mass_silence import MassSilence
 from module_controller.protocol import BaseStatus, HealthData
@@ -84,8 +85,6 @@ class BaseRegistry:
     broker_connected: bool = False
     # False while the operator's own probe does not come back through the broker in time.
     broker_delivering: bool = True
-    # False while messages reach the operator late (its probe comes back late).
-    intake_current: bool = True
     # Why each node removed since the caller last asked went (node name -> sentence).
     departures: dict[str, str] = field(default_factory=dict)
     # Paused from the start: nothing is judged before the broker is connected and delivers.
@@ -95,10 +94,12 @@ class BaseRegistry:
     _by_node: dict[str, str] = field(default_factory=dict)
     _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
     _mass_silence: MassSilence = field(init=False)
+    _late_intake: LateIntake = field(init=False)
 
     def __post_init__(self) -> None:
         # Without an MQTT tunnel there is no broker to wait for.
         self._paused_since = self.clock() if self.settings.enable_mqtt_tunnel else None
+        self._late_intake = LateIntake.of(self.settings)
         self._mass_silence = MassSilence(
             share=self.settings.mass_silence_share,
             heartbeat_seconds=self.settings.base_heartbeat_seconds,
@@ -304,8 +305,10 @@ class BaseRegistry:
         self._pause(contact_lost=True)
 
     def broker_up(self) -> None:
-        """Connected again; clocks run once the broker is also proven to deliver."""
+        """Connected again; clocks run once the broker is also proven to deliver. The new
+        connection's probes tell afresh how late messages come."""
         self.broker_connected = True
+        self._late_intake.reset()
         self._resume_if_trusted()
 
     def broker_suspect(self) -> None:
@@ -317,14 +320,20 @@ class BaseRegistry:
         self.broker_delivering = True
         self._resume_if_trusted()
 
-    def intake_behind(self) -> None:
-        """Messages reach us late: silence may be ours, so liveness clocks stop."""
-        self.intake_current = False
-        self._pause(contact_lost=False)
+    def intake_lag(self, lag: float, at: float) -> Verdict | None:
+        """How late messages reach us now (late_intake.py): while late, silence may be
+        ours, so liveness clocks stop. Says what changed, if anything."""
+        verdict = self._late_intake.judge(lag, at)
+        if verdict is Verdict.PAUSE:
+            self._pause(contact_lost=False)
+        elif verdict is not None:
+            self._resume_if_trusted()
+        return verdict
 
-    def intake_caught_up(self) -> None:
-        self.intake_current = True
-        self._resume_if_trusted()
+    @property
+    def intake_current(self) -> bool:
+        """False while messages reach the operator late (its probe comes back late)."""
+        return self._late_intake.behind_since is None
 
     @property
     def liveness_paused(self) -> bool:

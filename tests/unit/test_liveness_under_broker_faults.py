@@ -13,7 +13,6 @@ from paho.mqtt.client import topic_matches_sub
 
 from module_controller.dispatcher import Dispatcher
 from module_controller.inbox import Tick
-from module_controller.late_intake import LateIntake
 from module_controller.modules.state import ModuleState
 from module_controller.modules.sync import ModuleSync
 from module_controller.observability.metrics import Metrics
@@ -207,7 +206,6 @@ def judging_controller(settings: Settings, registry: BaseRegistry, tunnel: FakeT
     dispatcher.nodes = FakeNodes()  # type: ignore[assignment]
     dispatcher.events = events  # type: ignore[assignment]
     dispatcher._probe_denied_told = False
-    dispatcher.late_intake = LateIntake.of(settings)
     dispatcher.owner = SoleOwner()
     return Judge(dispatcher, tunnel, health, events)
 
