@@ -260,8 +260,11 @@ class ModuleState:
             pod.status = dict(body.get("status") or {})
             pod.resource_version = version
 
-    def set_inventory(self, identity: str, modules: tuple[SimpleBizInfo, ...]) -> None:
+    def set_inventory(self, identity: str, modules: tuple[SimpleBizInfo, ...]) -> bool:
+        """Take a base's full module list; returns whether anything the planner reads
+        changed (the periodic poll mostly hears what it heard last time)."""
         base = self.base_modules[identity]
+        before = (base.inventory, self._bookkeeping_size(base))
         base.inventory = {
             info.key: _installed_of(info.name, info.version, info.state, info.latest_state_record)
             for info in modules
@@ -289,6 +292,22 @@ class ModuleState:
             del base.urls[key]
         for key in [k for k in base.orphan_since if k not in base.inventory]:
             del base.orphan_since[key]
+        return before != (base.inventory, self._bookkeeping_size(base))
+
+    @staticmethod
+    def _bookkeeping_size(base: BaseModules) -> tuple[int, ...]:
+        # set_inventory only ever deletes from these: a size tells whether it did.
+        return tuple(
+            len(entries)
+            for entries in (
+                base.installing,
+                base.uninstalling,
+                base.failures,
+                base.strays,
+                base.urls,
+                base.orphan_since,
+            )
+        )
 
     def apply_operation(
         self, identity: str, result: BizOperationResponse, now: float

@@ -12,7 +12,7 @@ from kubernetes_asyncio import client
 
 from module_controller.k8s_events import EventType
 from module_controller.modules import reasons
-from module_controller.modules.state import ModulePod, ModuleState
+from module_controller.modules.state import ModulePod, ModuleState, Uninstall
 from module_controller.modules.sync import ModuleSync
 from module_controller.observability.metrics import Metrics
 from module_controller.protocol import BaseMetadata, BaseStatus, BizModel
@@ -310,3 +310,35 @@ async def test_base_gone_leaves_the_pods_of_a_base_heard_again_while_it_marks_th
     assert scene.registry.base_of_node(scene.node) is record, "the base is alive again"
     deleted = [what for kind, what in scene.calls.kinds() if kind == "delete"]
     assert deleted == [], f"pods of a live base deleted: {deleted}"
+
+
+async def test_an_inventory_like_the_last_plans_nothing_again(scene: Scene) -> None:
+    """The periodic poll mostly hears the same list: planning it again every time was a
+    fifth of a steady replica's CPU. Only a list that changes something wakes the base."""
+    woken: list[str] = []
+    scene.sync.base_changed = woken.append  # type: ignore[method-assign,assignment]
+    listed = simple(("biz1:1", BizState.ACTIVATED))
+    scene.sync.inventory_reported(IDENTITY, ())  # the first answer: nothing known before
+    scene.sync.inventory_reported(IDENTITY, listed)
+    scene.sync.inventory_reported(IDENTITY, listed)
+    scene.sync.inventory_reported(IDENTITY, simple(("biz1:1", BizState.DEACTIVATED)))
+    assert woken == [IDENTITY] * 3
+    scene.state.base_modules[IDENTITY].installing["biz2:1"] = scene.clock.now
+    scene.sync.inventory_reported(IDENTITY, simple(("biz1:1", BizState.DEACTIVATED)))
+    assert woken == [IDENTITY] * 3, "an install in flight, not answered by this list"
+    scene.sync.inventory_reported(
+        IDENTITY, simple(("biz1:1", BizState.DEACTIVATED), ("biz2:1", BizState.ACTIVATED))
+    )
+    assert woken == [IDENTITY] * 4
+    assert "biz2:1" not in scene.state.base_modules[IDENTITY].installing
+
+
+def test_set_inventory_says_when_only_its_bookkeeping_changed() -> None:
+    """The same list can still answer something: an uninstall in flight whose module the
+    base no longer lists is done, and the pods waiting on it must be planned again."""
+    state = ModuleState(listed=True)
+    assert state.set_inventory(IDENTITY, ()) is True
+    assert state.set_inventory(IDENTITY, ()) is False
+    state.base_modules[IDENTITY].uninstalling["biz1:1"] = Uninstall(first_sent=1, last_sent=1)
+    assert state.set_inventory(IDENTITY, ()) is True
+    assert state.set_inventory(IDENTITY, ()) is False
