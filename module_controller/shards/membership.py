@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kube import call_for_json
 from module_controller.settings import Settings
 from module_controller.vnode_manifest import as_body, micro_timestamp, now_utc
 
@@ -120,22 +121,23 @@ class Membership:
             if error.status != 404:
                 log.warning("Deleting the membership Lease %s failed: %s", self.name, error)
 
-    async def _forget(self, lease: Any) -> None:
+    async def _forget(self, lease: dict[str, Any]) -> None:
         """Delete a long-dead replica's Lease, unless it changed since it was read."""
+        metadata = lease["metadata"]
         options = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(resource_version=lease.metadata.resource_version)
+            preconditions=client.V1Preconditions(resource_version=metadata["resourceVersion"])
         )
         try:
             await self.coordination.delete_namespaced_lease(
-                lease.metadata.name, self.settings.namespace, body=options
+                metadata["name"], self.settings.namespace, body=options
             )
         except ApiException as error:
             if error.status not in (404, 409):
                 log.warning(
-                    "Deleting the dead replica Lease %s failed: %s", lease.metadata.name, error
+                    "Deleting the dead replica Lease %s failed: %s", metadata["name"], error
                 )
             return
-        log.info("Deleted the Lease of replica %s, gone long ago.", lease.spec.holder_identity)
+        log.info("Deleted the Lease of replica %s, gone long ago.", lease["spec"]["holderIdentity"])
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -156,8 +158,13 @@ class Membership:
     async def _renew(self) -> None:
         body = self._body()
         try:
-            await self.coordination.patch_namespaced_lease(
-                self.name, self.settings.namespace, {"spec": body["spec"]}
+            # Its answer as JSON, not the client's models: this runs every few seconds.
+            await call_for_json(
+                self._api,
+                self.coordination.patch_namespaced_lease,
+                self.name,
+                self.settings.namespace,
+                {"spec": body["spec"]},
             )
         except ApiException as error:
             if error.status != 404:
@@ -165,15 +172,18 @@ class Membership:
             await self.coordination.create_namespaced_lease(self.settings.namespace, as_body(body))
 
     async def _live_members(self) -> tuple[str, ...]:
-        leases = await self.coordination.list_namespaced_lease(
-            self.settings.namespace, label_selector=f"{MEMBER_LABEL}={self.settings.env}"
+        leases = await call_for_json(
+            self._api,
+            self.coordination.list_namespaced_lease,
+            self.settings.namespace,
+            label_selector=f"{MEMBER_LABEL}={self.settings.env}",
         )
         now = self._clock()
         wall = now_utc()
         live = set()
         seen = {}
-        for lease in leases.items:
-            spec: dict[str, Any] = self._api.sanitize_for_serialization(lease.spec) or {}
+        for lease in leases.get("items") or []:
+            spec: dict[str, Any] = lease.get("spec") or {}
             holder = str(spec.get("holderIdentity") or "")
             if not holder:
                 continue

@@ -12,7 +12,6 @@ import asyncio
 import copy
 import datetime
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -130,7 +129,9 @@ class FakeLeases:
 
     # --- CoordinationV1Api --------------------------------------------------------------
 
-    async def list_namespaced_lease(self, namespace: str, label_selector: str = "") -> Any:
+    async def list_namespaced_lease(
+        self, namespace: str, label_selector: str = "", **_: Any
+    ) -> Any:
         wanted = dict(term.split("=", 1) for term in label_selector.split(",") if term)
         items = [
             lease_model(body)
@@ -138,7 +139,7 @@ class FakeLeases:
             if ns == namespace
             and all(body["metadata"]["labels"].get(k) == v for k, v in wanted.items())
         ]
-        return SimpleNamespace(items=items)
+        return client.V1LeaseList(items=items)
 
     async def read_namespaced_lease(self, name: str, namespace: str) -> Any:
         body = self.store.get((namespace, name))

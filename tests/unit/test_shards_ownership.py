@@ -377,3 +377,18 @@ async def test_one_base_busy_past_the_settle_bound_holds_back_only_that_base(
         "bases not being handed over stopped for a busy one"
     )
     free.set()
+
+
+async def test_the_membership_lease_of_a_replica_dead_long_ago_is_deleted(
+    api: client.ApiClient, leases: FakeLeases
+) -> None:
+    """A killed replica never deletes its own Lease: the others do once it has been quiet
+    for three durations, and count it out at once; a recent one stays, counted out too."""
+    leases.put_member("replica-ancient", age=100, duration=15)
+    leases.put_member("replica-recent", age=20, duration=15)
+    a = Replica("replica-a", leases, api)
+    await a.round({})
+    deleted = [name for kind, name, _ in leases.writes if kind == "delete"]
+    assert deleted == [member_lease_name(ENV, "replica-ancient")]
+    assert (NAMESPACE, member_lease_name(ENV, "replica-recent")) in leases.store
+    assert a.membership.members == ("replica-a",)
