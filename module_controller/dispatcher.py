@@ -201,7 +201,10 @@ class Dispatcher:
             self.module_sync.base_changed(identity)
 
     def _nodes_changed(self, names: list[str]) -> None:
-        """Resync nodes, say what happened to them, forget the modules of bases gone."""
+        """Resync nodes, say what happened to them, forget the modules of bases gone, and
+        plan their pods again: a base Ready again (an HTTP base whose Arklet API answers
+        again, say) must put its pods back, and nothing else may come for them."""
+        self.module_sync.nodes_changed(set(names))
         for name in names:
             record = self.registry.base_of_node(name)
             departure = self.registry.departures.pop(name, None)
@@ -275,7 +278,6 @@ class Dispatcher:
         self._judge_broker(tick)
         changed = self.registry.tick(at=tick.at)
         self._nodes_changed(changed)
-        self.module_sync.nodes_changed(set(changed))
         bases = self.registry.live_bases()
         self.metrics.set_bases(len(bases))
         ready = sum(1 for base in bases if base.ready)

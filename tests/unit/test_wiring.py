@@ -22,6 +22,7 @@ from module_controller.protocol.states import BizState
 from module_controller.runtime import Runtime
 from module_controller.settings import Settings
 from module_controller.tunnels.events import (
+    ArkletCallFailed,
     BaseHeartbeat,
     BaseInventory,
     BaselineQuery,
@@ -264,3 +265,36 @@ async def test_liveness_is_judged_as_of_when_the_tick_was_made(wired: Wired) -> 
     wired.clock.now = made + 10
     wired.dispatcher.dispatch(replace(wired.tick(), at=made))
     assert wired.registry.bases[IDENTITY].ready, wired.registry.bases[IDENTITY].not_ready_reason
+
+
+async def test_pods_go_ready_again_when_the_arklet_api_of_an_http_base_answers_again(
+    wired: Wired,
+) -> None:
+    """An HTTP base that beats while its Arklet API is silent goes NotReady with its pods;
+    when the API answers again with the modules it had, the pods go Ready again. The
+    inventory is the same as before, so only the base's readiness can bring them back
+    (found by review of aa24ed4, which stopped planning again on an unchanged inventory)."""
+    node = wired.registry.node_name_for(IDENTITY)
+    beat = replace(heartbeat(), tunnel="http")
+    listed = simple(("biz1:1", BizState.ACTIVATED))
+    await wired.say(beat, BaseInventory(IDENTITY, listed, "http"))
+    await wired.say(ModulePodChanged("ADDED", module_pod("p1", "1", node)))
+    await wired.until_logged(("pod status", "p1 Ready=True"))
+    record = wired.registry.bases[IDENTITY]
+    await wired.say(ArkletCallFailed(IDENTITY, "queryAllBiz", "no answer within 5s"))
+    await wired.until("the failure heard", lambda: record.arklet_failing_since is not None)
+    for _ in range(2):  # it beats every 10 s; its API stays silent for 20 s
+        wired.clock.now += 10
+        await wired.say(beat)
+        await wired.until("the beat heard", lambda: record.last_seen == wired.clock.now)
+    wired.clock.now += 5
+    await wired.say(wired.tick())
+    await wired.until_logged(
+        ("node status", f"{node} Ready=False"), ("pod status", "p1 Ready=False")
+    )
+    await wired.say(BaseInventory(IDENTITY, listed, "http"))
+    await wired.until(
+        "p1 written Ready again",
+        lambda: wired.log.count(("pod status", "p1 Ready=True")) == 2,
+    )
+    assert wired.registry.bases[IDENTITY].ready
