@@ -339,11 +339,11 @@ class Dispatcher:
                 "liveness is paused, the node is kept as it was",
             )
 
-    def _judge_intake(self, lag: float, at: float | None) -> None:
+    def _judge_intake(self, lag: float, at: float) -> None:
         """Messages still come, but late (our probe too): heartbeats are late, not missing
         (late_intake.py)."""
         self.metrics.set_intake_lag(lag)
-        match self.registry.intake_lag(lag, self.registry.clock() if at is None else at):
+        match self.registry.intake_lag(lag, at):
             case Verdict.PAUSE:
                 log.warning(
                     "The operator reads MQTT messages %.0fs late (its own probe through the "

@@ -58,8 +58,8 @@ class Tick:
 
     broker_silence: float | None
     probe_returned: bool
+    at: float
     intake_lag: float | None = None
-    at: float | None = None
 
 
 OperatorEvent = TunnelEvent | ModulePodChanged | NodeDeleted | OwnershipChanged | Tick

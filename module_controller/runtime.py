@@ -326,12 +326,17 @@ class Runtime:
         self.metrics.set_event_queue_depth(len(self.inbox))
         self.metrics.set_bases_owned(len(self.ownership.held()))
         if self.mqtt is None:
-            await self.inbox.put(Tick(None, False, at=self.registry.clock()))  # no broker
+            await self.inbox.put(Tick(None, False, self.registry.clock()))  # no broker
         else:
             mqtt = self.mqtt
-            lag = mqtt.intake_lag()
-            facts = Tick(mqtt.delivery_silence(), mqtt.probe_returned, lag, self.registry.clock())
-            await self.inbox.put(facts)
+            await self.inbox.put(
+                Tick(
+                    mqtt.delivery_silence(),
+                    mqtt.probe_returned,
+                    self.registry.clock(),
+                    mqtt.intake_lag(),
+                )
+            )
 
     async def _membership(self) -> None:
         await self.membership.round()

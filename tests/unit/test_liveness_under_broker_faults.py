@@ -164,7 +164,7 @@ class FakeTunnel:
 
     def tick(self) -> Tick:
         lag = self.intake_lag if self.connected else None
-        return Tick(self.delivery_silence(), self.probe_returned, lag)
+        return Tick(self.delivery_silence(), self.probe_returned, self.clock.now, lag)
 
 
 @dataclass

@@ -213,7 +213,7 @@ class Wired:
         return self.log.index(call)
 
     def tick(self) -> Tick:
-        return Tick(broker_silence=0.0, probe_returned=True)
+        return Tick(broker_silence=0.0, probe_returned=True, at=self.clock.now)
 
 
 def heartbeat(identity: str = IDENTITY) -> BaseHeartbeat:
