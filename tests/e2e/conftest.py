@@ -25,6 +25,7 @@ from module_controller.testbed.operator_process import (
     OperatorProcess,
     operator_environment,
 )
+from tests.e2e.modules_scene import Scene, start_scene
 from tests.e2e.rbac_support import Restricted, restricted_kubeconfig
 from tests.private_broker import PrivateBroker
 
@@ -227,3 +228,17 @@ async def restricted(
     """A kubeconfig with only the shipped ClusterRole's rights (tests/e2e/rbac_support.py)."""
     async with restricted_kubeconfig(k8s_api, kubeconfig, namespace, tmp_path) as made:
         yield made
+
+
+@pytest.fixture
+async def scene(
+    k8s_api: client.ApiClient,
+    namespace: str,
+    run_operator: OperatorFactory,
+    start_base: BaseFactory,
+    tunnel: Tunnel,
+    request: pytest.FixtureRequest,
+) -> Scene:
+    """The module tests' scene (modules_scene.py). Modules with a scene of their own (the
+    rollouts', the module failures') override it."""
+    return await start_scene(k8s_api, namespace, run_operator, start_base, tunnel, request)
