@@ -94,7 +94,11 @@ class _QueueFullLines(logging.Filter):
 
 class _TlsAlerts(logging.Filter):
     """Keeps the last TLS alert paho logs: a broker that refuses our client certificate
-    says so only in an alert after the handshake, and the connect then merely times out."""
+    says so only in an alert after the handshake, and the connect then merely times out.
+
+    Its alert can be lost: closing a socket with our CONNECT still unread makes the kernel
+    reset the connection, and what we had not read yet (the alert) goes with it. paho then
+    logs an EOF "in violation of protocol" instead, kept here unless an alert came."""
 
     last: str | None = None
 
@@ -102,6 +106,8 @@ class _TlsAlerts(logging.Filter):
         text = record.getMessage()
         if "alert" in text.lower() and "SSL" in text:
             _TlsAlerts.last = text.rsplit("] ", 1)[-1].split(" (_ssl", 1)[0]
+        elif "EOF occurred in violation of protocol" in text and _TlsAlerts.last is None:
+            _TlsAlerts.last = "closed at once, its alert lost"
         return True
 
 
@@ -285,7 +291,7 @@ class MqttTunnel:
             except aiomqtt.MqttError as error:
                 raise_if_cancelling()
                 reason = describe_mqtt_error(error, self.settings)
-                if _TlsAlerts.last is not None:
+                if _TlsAlerts.last is not None and self._client is not client:
                     reason = (
                         f"the broker ended the TLS session ({_TlsAlerts.last}): does it trust "
                         "the CA of MQTT_CLIENT_CRT_PATH, and is the certificate still valid?"

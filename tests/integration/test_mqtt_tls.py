@@ -48,7 +48,8 @@ def operator_settings(broker: PrivateBroker, ca: str, crt: str, key: str) -> Set
     )
 
 
-async def first_connection_outcome(settings: Settings) -> tuple[TunnelEvent, MqttTunnel]:
+async def connection_outcomes(settings: Settings) -> list[TunnelEvent]:
+    """The first connection's outcome, and when it failed, the second attempt's too."""
     events: list[TunnelEvent] = []
 
     async def deliver(event: TunnelEvent) -> None:
@@ -81,7 +82,7 @@ async def first_connection_outcome(settings: Settings) -> tuple[TunnelEvent, Mqt
             # An untrusted client certificate costs a whole connect timeout.
             await wait_for(tried_again, timeout=15, what="a second attempt")
             assert not running.done()
-        return event, tunnel
+        return events[:2]
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
@@ -92,22 +93,25 @@ async def test_the_operator_connects_over_tls_with_its_client_certificate(
 ) -> None:
     tls = tls_files(tls_broker)
     settings = operator_settings(tls_broker, tls.ca, tls.client_crt, tls.client_key)
-    event, _ = await first_connection_outcome(settings)
+    (event,) = await connection_outcomes(settings)
     assert isinstance(event, BrokerConnected)
 
 
-# (CA, certificate, key) as TlsFiles attribute names, and what the reason must say. With
-# TLS 1.3 a broker refuses a client certificate only by an alert after the handshake (the
-# connect would merely time out): the tunnel keeps the alert to say why.
+# (CA, certificate, key) as TlsFiles attribute names, the setting every attempt's reason
+# must point at, and the cause one of them must name. With TLS 1.3 a broker refuses a
+# client certificate only by an alert after the handshake (the connect would merely time
+# out): the tunnel keeps the alert to say why.
 REFUSALS = {
-    "wrong CA": (("other_ca", "client_crt", "client_key"), ["TLS verification", "MQTT_CA_PATH"]),
+    "wrong CA": (("other_ca", "client_crt", "client_key"), "MQTT_CA_PATH", "TLS verification"),
     "untrusted client certificate": (
         ("ca", "stranger_crt", "stranger_key"),
-        ["unknown ca", "MQTT_CLIENT_CRT_PATH"],
+        "MQTT_CLIENT_CRT_PATH",
+        "unknown ca",
     ),
     "expired client certificate": (
         ("ca", "expired_crt", "expired_key"),
-        ["certificate expired", "MQTT_CLIENT_CRT_PATH"],
+        "MQTT_CLIENT_CRT_PATH",
+        "certificate expired",
     ),
 }
 
@@ -116,13 +120,16 @@ REFUSALS = {
 async def test_a_refused_tls_session_is_a_clear_reason_not_a_crash(
     tls_broker: PrivateBroker, case: str
 ) -> None:
-    files, fragments = REFUSALS[case]
+    files, hint, cause = REFUSALS[case]
     tls = tls_files(tls_broker)
     ca, crt, key = (getattr(tls, name) for name in files)
-    event, _ = await first_connection_outcome(operator_settings(tls_broker, ca, crt, key))
-    assert isinstance(event, BrokerDisconnected)
-    for fragment in fragments:
-        assert fragment in event.reason, event.reason
+    attempts = await connection_outcomes(operator_settings(tls_broker, ca, crt, key))
+    reasons = [event.reason for event in attempts if isinstance(event, BrokerDisconnected)]
+    assert len(reasons) == 2, attempts
+    # Each attempt says where to look. The broker's alert may be lost to a reset (see
+    # _TlsAlerts); it is rare, and the next attempt names the cause.
+    assert all(hint in reason for reason in reasons), reasons
+    assert any(cause in reason for reason in reasons), reasons
 
 
 async def test_a_simulated_base_connects_over_tls_with_a_client_certificate(
