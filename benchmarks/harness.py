@@ -22,6 +22,7 @@ from module_controller.testbed.operator_process import (
     OperatorProcess,
     operator_environment,
 )
+from module_controller.tunnels.mqtt_reading import read_in_batches
 
 # The benchmarks' operator serves up to 1,000 bases: more time to shut down than the demo's.
 OPERATOR_STOP_GRACE_SECONDS = 30.0
@@ -124,14 +125,19 @@ async def list_and_watch(
 
 
 def broker_listener(broker: BrokerInfo, identifier: str) -> aiomqtt.Client:
-    """A client of the testbed's broker, for a benchmark to read what bases send."""
-    return aiomqtt.Client(
+    """A client of the testbed's broker, for a benchmark to read what bases send. It reads
+    its socket as the operator does (tunnels/mqtt_reading.py): stock aiomqtt reads one
+    message per turn of the event loop, and this process, busy with a thousand simulated
+    bases, lost 1,435 of 10,000 install replies that way."""
+    listener = aiomqtt.Client(
         broker.host,
         broker.port,
         username=broker.username,
         password=broker.password,
         identifier=identifier,
     )
+    read_in_batches(listener._client)
+    return listener
 
 
 class InstallReplies:
