@@ -65,7 +65,7 @@ async def test_a_module_for_a_new_base_version_waits_for_such_bases(
 
 
 # Over MQTT only: this one waits for the dead time (~70 s); HTTP liveness has its own
-# tests (test_http_tunnel.py, tests/unit/test_registry_http.py).
+# tests (tests/e2e/test_http_tunnel.py, tests/unit/test_registry_http.py).
 @pytest.mark.bases(3)
 async def test_a_crashed_bases_pods_move_to_the_other_bases(scene: Scene, test_env: str) -> None:
     name = "survivor"
