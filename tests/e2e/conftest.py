@@ -25,7 +25,7 @@ from module_controller.testbed.operator_process import (
     OperatorProcess,
     operator_environment,
 )
-from tests.e2e.modules_scene import Scene, start_scene
+from tests.e2e.modules_scene import INVENTORY_POLL_SECONDS, ORPHAN_GRACE_SECONDS, Scene
 from tests.e2e.rbac_support import Restricted, restricted_kubeconfig
 from tests.private_broker import PrivateBroker
 
@@ -239,6 +239,20 @@ async def scene(
     tunnel: Tunnel,
     request: pytest.FixtureRequest,
 ) -> Scene:
-    """The module tests' scene (modules_scene.py). Modules with a scene of their own (the
-    rollouts', the module failures') override it."""
-    return await start_scene(k8s_api, namespace, run_operator, start_base, tunnel, request)
+    """The module tests' scene (modules_scene.py): the operator, then the bases (three, or a
+    test's `bases(n)`), every node Ready. Modules with a scene of their own (the rollouts',
+    the module failures') override it."""
+    marker = request.node.get_closest_marker("bases")
+    count = marker.args[0] if marker else 3
+    extra = request.node.get_closest_marker("operator_settings")
+    operator = run_operator(
+        tunnel.broker,
+        ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
+        INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
+        **tunnel.operator,
+        **(extra.kwargs if extra else {}),
+    )
+    bases = [await start_base(broker=tunnel.broker, **tunnel.base) for _ in range(count)]
+    made = Scene(k8s_api, namespace, operator, bases)
+    await made.nodes_ready()
+    return made

@@ -1,14 +1,12 @@
 """The module tests' scene: one test's operator, bases and namespace, with a diagnosis for
 every wait (tests/e2e/test_modules.py, tests/e2e/test_module_recovery.py). The `scene`
-fixture (conftest.py) starts it: the operator, then the bases (three unless a test's
-`bases(n)` mark says otherwise), and waits for every node Ready."""
+fixture (conftest.py) starts it."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -17,9 +15,6 @@ from module_controller.testbed.kube_reads import is_ready, is_ready_and_untainte
 from module_controller.testbed.operator_process import OperatorProcess
 from tests.e2e.modules_support import modules_of, wait_inventory_polls, wait_pods
 from tests.waiting import wait_for
-
-if TYPE_CHECKING:  # conftest imports this module
-    from tests.e2e.conftest import BaseFactory, OperatorFactory, Tunnel
 
 # The scene's operator: modules nobody asks for are removed 5 s after being seen; each base
 # is asked what it runs every 3 s.
@@ -101,28 +96,3 @@ def all_ready(count: int) -> Any:
         return len(pods) == count and all(is_ready(p) for p in live)
 
     return check
-
-
-async def start_scene(
-    api: client.ApiClient,
-    namespace: str,
-    run_operator: OperatorFactory,
-    start_base: BaseFactory,
-    tunnel: Tunnel,
-    request: pytest.FixtureRequest,
-) -> Scene:
-    """The operator, then the bases (three, or a test's `bases(n)`), all nodes Ready."""
-    marker = request.node.get_closest_marker("bases")
-    count = marker.args[0] if marker else 3
-    extra = request.node.get_closest_marker("operator_settings")
-    operator = run_operator(
-        tunnel.broker,
-        ORPHAN_GRACE_SECONDS=str(ORPHAN_GRACE_SECONDS),
-        INVENTORY_POLL_SECONDS=str(INVENTORY_POLL_SECONDS),
-        **tunnel.operator,
-        **(extra.kwargs if extra else {}),
-    )
-    bases = [await start_base(broker=tunnel.broker, **tunnel.base) for _ in range(count)]
-    scene = Scene(api, namespace, operator, bases)
-    await scene.nodes_ready()
-    return scene
