@@ -204,6 +204,8 @@ class Dispatcher:
         """Resync nodes, say what happened to them, forget the modules of bases gone, and
         plan their pods again: a base Ready again (an HTTP base whose Arklet API answers
         again, say) must put its pods back, and nothing else may come for them."""
+        if not names:
+            return  # most heartbeats and ticks change nothing
         self.module_sync.nodes_changed(set(names))
         for name in names:
             record = self.registry.base_of_node(name)
