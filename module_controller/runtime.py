@@ -362,8 +362,7 @@ class Runtime:
 
     async def _settle(self, node_name: str, identity: str) -> None:
         """Wait for the base's steps in progress: a hand-over waits for them."""
-        await self.module_sync.queue.settled(identity)
-        await self.module_sync.inventory_queries.settled(identity)
+        await self.module_sync.settled(identity, node_name)
         await self.nodes.queue.settled(node_name)
 
     async def _ownership(self) -> None:

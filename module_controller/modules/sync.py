@@ -3,15 +3,14 @@
 The per-base work of the data path. The dispatcher says "base X may need work"
 (`base_changed`, `nodes_changed`, an answer folded in); a keyed queue gives each base one
 worker at a time, which asks the planner (`planner.plan_base`, pure of I/O) what to do and
-does it. This is where the seed's ordering rule is carried out: the status patches of a
-plan are sent one after the other, each awaited, in the planner's order — the writes that
-take pods out of Ready, then uninstalls and installs, then the other writes — so the API
-server sees an old pod go NotReady before its module is uninstalled and before the new pod
-goes Ready. Installs and uninstalls go out from this worker; the inventory query that
-follows an answer goes out from a small keyed queue of its own (a read, which must not wait
-behind the worker's status patches); neither from the dispatcher. A plan that waits for a
-backoff or a grace period to end is looked at again then (a timer per base).
-"""
+does it. This is where the seed's ordering rule is carried out: the phases of a plan go
+out one after the other, each awaited, in the planner's order — the writes that take pods
+out of Ready, then uninstalls and installs, then the other writes — so the API server sees
+an old pod go NotReady before its module is uninstalled and before the new pod goes Ready.
+The last phase goes on in the base's lane (write_lanes.py), so the worker is free to plan
+and install again. Inventory queries that follow answers go out from a small keyed queue
+of their own, not from the dispatcher. A plan that waits for a backoff or a grace period
+to end is looked at again then (a timer per base)."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from module_controller.modules.planner import PlanContext, plan_base
 from module_controller.modules.state import ModulePod, ModuleState, OperationOutcome
 from module_controller.modules.status import is_ready, not_ready_status, shows_ready
 from module_controller.modules.text import bounded
+from module_controller.modules.write_lanes import StatusWrite, WriteLanes
 from module_controller.observability.metrics import Metrics, ModulePodState
 from module_controller.protocol import (
     BatchInstallBizResponse,
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # Status writes of one phase of a base's plan in flight at once.
 CONCURRENT_WRITES_PER_BASE = 8
+# Pod status writes in flight over all bases: a release on a thousand bases queues its
+# writes here rather than as thousands of requests at the API server.
+STATUS_WRITES_IN_FLIGHT = 32
 
 
 class ModuleCommands(Protocol):
@@ -113,6 +116,9 @@ class ModuleSync:
         self.inventory_queries = KeyedWorkQueue(
             self._query_inventory, workers=4, name="inventory query"
         )
+        # The writes that end a plan go on behind the base's worker (write_lanes.py).
+        self.lanes = WriteLanes(self._plan_again, on_error=self._count_error)
+        self._write_slots = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
 
     def _count_error(self, error: Exception) -> None:
         if isinstance(error, ApiException):
@@ -125,12 +131,20 @@ class ModuleSync:
     async def stop(self) -> None:
         await self.inventory_queries.stop()
         await self.queue.stop()
+        await self.lanes.stop()
         for handle in self._wakeups.values():
             handle.cancel()
         self._wakeups.clear()
 
     def base_changed(self, identity: str) -> None:
         self.queue.add(identity)
+
+    async def settled(self, identity: str, node_name: str) -> None:
+        """Returns once nothing started for the base is still running: its plan, the
+        writes that end it, its inventory query."""
+        await self.queue.settled(identity)
+        await self.lanes.landed(node_name)
+        await self.inventory_queries.settled(identity)
 
     def want_inventory(self, identity: str) -> None:
         """Ask the base for its full module list (soon, once however often it is said)."""
@@ -251,7 +265,9 @@ class ModuleSync:
             return
         if not self.owner.holds(record.node_name):
             return  # another replica's base: it plans, sends and writes for it
-        pods = self.state.pods_on(record.node_name)
+        node_name = record.node_name
+        # Pods with writes still on their way are planned as written (write_lanes.py).
+        pods = self.lanes.as_written(self.state.pods_on(node_name))
         base = self.state.base_modules[identity]
         self._prune_sent(identity, set(base.installing), set(base.uninstalling))
         replacing = any(pod.deleting and pod.owned for pod in pods)
@@ -275,12 +291,16 @@ class ModuleSync:
             # no command to a gone base, no pod written Ready on it, no bookkeeping for it.
             # Nor for a base this replica stopped owning (handed over, or fenced).
             return self.registry.bases.get(identity) is not record or not self.owner.holds(
-                record.node_name
+                node_name
             )
 
+        if plan.going_down or plan.uninstalls:
+            # What earlier plans write lands first: a pod written Ready there goes out of
+            # Ready here after it, and no module is uninstalled under a Ready pod.
+            await self.lanes.landed(node_name)
         if gone():
             return
-        await self._write_all(plan.going_down)
+        await self._write_all(plan.going_down, gone)
         for biz in plan.uninstalls:
             if gone():
                 return
@@ -294,21 +314,27 @@ class ModuleSync:
             self._install_sent.setdefault(identity, {})[spec.key] = self.clock()
             self.metrics.record_install_command()
             await self.tunnel.install_biz(identity, spec.biz())
-        if gone():
+        if gone() or not (plan.status_writes or plan.events or plan.deletions):
             return
-        await self._write_all(plan.status_writes)
-        if gone():
-            return
-        for event in plan.events:
-            self.events.pod_event(event.pod, event.type, event.reason, event.message)
         why = (
             "the base no longer lists its modules, or another pod there still wants them"
             if record.ready
             else f"its base {identity} is silent, so nothing could be uninstalled; what the "
             "base still holds is cleaned up when it is heard again"
         )
-        for pod in plan.deletions:
-            await self._remove(pod, why)
+
+        async def carry_out() -> None:
+            if gone():
+                return
+            await self._write_all(plan.status_writes, gone)
+            if gone():
+                return
+            for event in plan.events:
+                self.events.pod_event(event.pod, event.type, event.reason, event.message)
+            for pod in plan.deletions:
+                await self._remove(pod, why)
+
+        self.lanes.queue(node_name, plan.status_writes, plan.deletions, carry_out)
 
     def _prune_sent(self, identity: str, installing: set[str], uninstalling: set[str]) -> None:
         """Forget send times of commands no longer in flight (answered or given up)."""
@@ -346,6 +372,11 @@ class ModuleSync:
             existing.cancel()
         self._wakeups[identity] = loop.call_later(delay, self._wake, identity)
 
+    def _plan_again(self, node_name: str, delay: float) -> None:
+        record = self.registry.base_of_node(node_name)
+        if record is not None:
+            self._wake_later(record.identity, self.clock() + delay)
+
     def _wake(self, identity: str) -> None:
         self._wakeups.pop(identity, None)
         self.queue.add(identity)
@@ -368,6 +399,9 @@ class ModuleSync:
 
         if not still_gone():
             return
+        await self.lanes.landed(node_name)  # a Ready write on its way lands first
+        if not still_gone():
+            return
         text = bounded(f"the base of node {node_name} is gone: {message}")
         wall = datetime.datetime.now(datetime.UTC)
         pods = self.state.pods_on(node_name)
@@ -377,7 +411,11 @@ class ModuleSync:
             if not still_gone():
                 return
             try:
-                await self._write_status(pod, not_ready_status(pod, reasons.BASE_GONE, text, wall))
+                await self._write_status(
+                    pod,
+                    not_ready_status(pod, reasons.BASE_GONE, text, wall),
+                    lambda: not still_gone(),
+                )
             except ApiException as error:
                 log.warning("Could not mark pod %s not ready (%s).", pod.key, error.status)
         for pod in pods:
@@ -388,20 +426,20 @@ class ModuleSync:
             except ApiException as error:
                 log.warning("Could not delete pod %s (%s).", pod.key, error.status)
 
-    async def _write_all(self, writes: list[tuple[ModulePod, dict[str, Any]]]) -> None:
+    async def _write_all(self, writes: list[StatusWrite], void: Callable[[], bool]) -> None:
         """One phase's writes, each for another pod, at once (a few at a time): the rule
         orders phases (every write taking a pod out of Ready before any command, every
         command before any write putting one in), not the pods within one. Written one
         after the other, the fourth pod of a base went Ready three round trips late.
         All are awaited before the next phase; the first failure is raised after."""
         if len(writes) == 1:
-            await self._write_status(*writes[0])
+            await self._write_status(*writes[0], void)
             return
         slots = asyncio.Semaphore(CONCURRENT_WRITES_PER_BASE)
 
         async def write(pod: ModulePod, status: dict[str, Any]) -> None:
             async with slots:
-                await self._write_status(pod, status)
+                await self._write_status(pod, status, void)
 
         results = await asyncio.gather(
             *(write(pod, status) for pod, status in writes), return_exceptions=True
@@ -410,21 +448,27 @@ class ModuleSync:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _write_status(self, pod: ModulePod, status: dict[str, Any]) -> None:
-        self.metrics.record_pod_status_write()
-        try:
-            body = await call_for_json(
-                self.api,
-                self.core.patch_namespaced_pod_status,
-                pod.name,
-                pod.namespace,
-                {"status": status},
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return  # deleted meanwhile
-            self.metrics.record_api_error("pods/status", error.status)
-            raise
+    async def _write_status(
+        self, pod: ModulePod, status: dict[str, Any], void: Callable[[], bool]
+    ) -> None:
+        """Write `status` unless, once a slot is free, `void` says the plan is void."""
+        async with self._write_slots:
+            if void():
+                return  # the base went, or this replica's hold of it, while waiting
+            self.metrics.record_pod_status_write()
+            try:
+                body = await call_for_json(
+                    self.api,
+                    self.core.patch_namespaced_pod_status,
+                    pod.name,
+                    pod.namespace,
+                    {"status": status},
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return  # deleted meanwhile
+                self.metrics.record_api_error("pods/status", error.status)
+                raise
         self.state.record_written_status(pod.uid, body)
         log.info(
             "Pod %s is %s (%s).",

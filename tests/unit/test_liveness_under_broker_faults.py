@@ -325,7 +325,7 @@ def test_adopted_memory_survives_the_api_servers_canonical_quantities() -> None:
 class RecordingSync:
     writes: list[str] = field(default_factory=list)
 
-    async def write(self, module_pod: Any, pod_status: dict[str, Any]) -> None:
+    async def write(self, module_pod: Any, pod_status: dict[str, Any], *_: Any) -> None:
         self.writes.append(module_pod.name)
 
 

@@ -111,6 +111,11 @@ class Scene:
         )
         self.sync.core = self.calls  # type: ignore[assignment]
 
+    async def plan(self) -> None:
+        """Plan the base and carry the plan out, to the end of its lane."""
+        await self.sync.sync_base(IDENTITY)
+        await self.sync.lanes.landed(self.node)
+
     def add(self, module_pod: ModulePod) -> ModulePod:
         module_pod.node_name = self.node
         self.state.add_pod(module_pod)
@@ -136,7 +141,7 @@ async def test_pods_leave_ready_before_commands_and_before_new_pods_enter(scene:
     scene.state.set_inventory(
         IDENTITY, simple(("biz1:1", BizState.DEACTIVATED), ("biz1:2", BizState.ACTIVATED))
     )
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert scene.calls.kinds() == [("patch", "old"), ("uninstall", "biz1:1"), ("patch", "new")]
     assert condition(scene.calls.log[0][2])["status"] == "False"
     assert condition(scene.calls.log[2][2])["status"] == "True"
@@ -172,7 +177,7 @@ async def test_the_writes_of_one_phase_go_out_together_and_phases_stay_in_order(
             *((f"{name}:1", BizState.ACTIVATED) for name in ("a", "b", "c", "d")),
         ),
     )
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     kinds = scene.calls.kinds()
     first_uninstall = kinds.index(("uninstall", "old1:1"))
     assert {what for _, what in kinds[:first_uninstall]} == {"old1", "old2"}
@@ -190,17 +195,17 @@ async def test_at_rest_nothing_is_patched_and_writes_and_installs_are_counted(
 ) -> None:
     scene.add(pod("a", [("biz1", "1")]))
     scene.state.set_inventory(IDENTITY, ())
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert ("install", "biz1:1") in scene.calls.kinds()
     assert scene.counter("module_controller_module_install_commands_total") == 1
     scene.state.set_inventory(IDENTITY, simple(("biz1:1", BizState.ACTIVATED)))
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     patches = scene.counter("module_controller_pod_status_writes_total")
     assert patches == len([k for k, _ in scene.calls.kinds() if k == "patch"]) >= 1
     for _ in range(5):  # inventory polls with nothing new
         scene.clock.now += 15
         scene.state.set_inventory(IDENTITY, simple(("biz1:1", BizState.ACTIVATED)))
-        await scene.sync.sync_base(IDENTITY)
+        await scene.plan()
     assert scene.counter("module_controller_pod_status_writes_total") == patches
 
 
@@ -208,7 +213,7 @@ async def test_a_failing_install_gives_one_stable_warning(scene: Scene) -> None:
     scene.add(pod("a", [("biz1", "1")]))
     scene.state.set_inventory(IDENTITY, ())
     for _ in range(3):
-        await scene.sync.sync_base(IDENTITY)
+        await scene.plan()
         scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
         scene.clock.now += 400  # past any backoff
     warnings = {e for e in scene.events.recorded if e[1] == "Warning"}
@@ -224,11 +229,11 @@ async def test_a_plan_that_waits_is_looked_at_again_when_the_wait_ends(scene: Sc
     scene.sync.queue.add = added.append  # type: ignore[method-assign,assignment]
     scene.add(pod("a", [("biz1", "1")]))
     scene.state.set_inventory(IDENTITY, ())
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     scene.sync.operation_answered(IDENTITY, download_failed("biz1", "1"))
     added.clear()
     scene.state.base_modules[IDENTITY].failures["biz1:1"].at = scene.clock.now - 4.9  # due in 0.1 s
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert added == []
 
     async def woken() -> bool:
@@ -253,7 +258,7 @@ async def test_a_gone_base_marks_its_ready_pods_then_deletes_them_before_its_nod
     assert scene.node in ready["message"]
     assert condition(status, "ContainersReady")["status"] == "False"
     assert not any(c["ready"] for c in status["containerStatuses"])
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert len(scene.calls.log) == 3, "nothing undoes it"
     assert not serving.observed_ready, "the answer is what we know of the pod now"
     assert scene.state.pods_on(scene.node) == []
@@ -272,7 +277,7 @@ async def test_a_pod_removed_is_deleted_once_though_late_events_come_before_its_
     (the pod's last update before the delete): it was deleted, not to be deleted again."""
     leaving = scene.add(pod("old", [("biz1", "1")], deleting=True, deletion_seen_at=0))
     scene.state.set_inventory(IDENTITY, simple())
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert scene.calls.kinds() == [("delete", "old")]
     late = {
         "metadata": {
@@ -285,7 +290,7 @@ async def test_a_pod_removed_is_deleted_once_though_late_events_come_before_its_
         "spec": {"nodeName": scene.node, "containers": []},
     }
     assert scene.state.upsert_pod(late, now=1.0) == set()
-    await scene.sync.sync_base(IDENTITY)
+    await scene.plan()
     assert scene.calls.kinds() == [("delete", "old")], "deleted once"
     scene.state.remove_pod(leaving.uid)  # the watch's deletion: forgotten for good
     assert scene.state.upsert_pod(late, now=2.0) == {scene.node}
