@@ -1,9 +1,10 @@
 """Kubernetes Events about module pods and virtual nodes, posted without slowing callers.
 
 `EventRecorder.record(...)` only puts the event in a bounded queue and returns; one
-background task posts core/v1 Events (what `kubectl describe` and `kubectl get events`
-show). When the queue is full the event is dropped and counted: an operator busy with a
-thousand bases must not wait on, or run out of memory for, its own commentary.
+background task posts core/v1 Events, a few at a time (what `kubectl describe` and
+`kubectl get events` show). When the queue is full the event is dropped and counted: an
+operator busy with a thousand bases must not wait on, or run out of memory for, its own
+commentary.
 
 Repeats are aggregated as kubelets do: the same object, type, reason and message within
 `aggregate_seconds` patches the existing Event's `count` and `lastTimestamp` instead of
@@ -49,6 +50,9 @@ MAX_MESSAGE_LENGTH = 1024
 _NAME_SUFFIX_LENGTH = 17
 _MAX_NAME_LENGTH = 253
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Requests in flight: one at a time, a release on 1,000 bases queued more Events (one per
+# pod installed) than a slow API server took, and the queue dropped thousands.
+POSTS_IN_FLIGHT = 8
 # Events about cluster-scoped objects (nodes) live in this namespace, as kubelet's do.
 CLUSTER_SCOPED_EVENT_NAMESPACE = "default"
 
@@ -180,6 +184,7 @@ class EventRecorder:
         self._now = now
         self._posted: OrderedDict[_Key, _Posted] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(POSTS_IN_FLIGHT)
         self._closed = False
         self._warn = RateLimitedLog(log, interval=30.0)
         self.dropped = 0  # events thrown away: queue full, or recorded after stop()
@@ -249,11 +254,17 @@ class EventRecorder:
                 batch[key] = batch.get(key, 0) + 1
             taken = sum(batch.values())
             try:
-                for key, repeats in batch.items():
-                    await self._post(key, repeats)
+                # Keys in a batch are distinct (repeats merged): they go out together.
+                await asyncio.gather(
+                    *(self._post_in_turn(key, repeats) for key, repeats in batch.items())
+                )
             finally:
                 for _ in range(taken):
                     self._queue.task_done()
+
+    async def _post_in_turn(self, key: _Key, repeats: int) -> None:
+        async with self._slots:
+            await self._post(key, repeats)
 
     async def _post(self, key: _Key, repeats: int) -> None:
         try:

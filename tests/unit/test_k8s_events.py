@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
+from module_controller import k8s_events
 from module_controller.k8s_events import (
     COMPONENT,
     MAX_MESSAGE_LENGTH,
@@ -289,6 +290,28 @@ async def test_repeats_waiting_in_the_queue_merge_into_one_request(
     assert [r.method for r in fake_api.requests] == ["POST", "PATCH"]
     (stored,) = fake_api.stored()
     assert stored["count"] == 6
+
+
+async def test_distinct_events_waiting_go_out_together_a_bounded_number_at_a_time(
+    recorder: EventRecorder, fake_api: FakeApiServer
+) -> None:
+    """Was: one request at a time; a release on 1,000 bases dropped thousands of Events."""
+    fake_api.gate.clear()  # the API server is slow: requests wait
+    count = k8s_events.POSTS_IN_FLIGHT + 4
+    for number in range(count):
+        recorder.record(POD, "Normal", f"Reason{number}", "one of many")
+    recorder.start()
+
+    async def all_slots_busy() -> bool:
+        return len(fake_api.requests) == k8s_events.POSTS_IN_FLIGHT
+
+    await wait_for(all_slots_busy, timeout=5, what="requests in flight together")
+    await asyncio.sleep(0.05)  # time to go wrong: the others wait for a slot
+    assert len(fake_api.requests) == k8s_events.POSTS_IN_FLIGHT
+    fake_api.gate.set()
+    await _settled(recorder, fake_api, count)
+    await recorder.stop()
+    assert len(fake_api.stored()) == count
 
 
 async def test_a_full_queue_drops_and_counts_and_says_so(
