@@ -104,7 +104,10 @@ class ModuleSync:
         # Commands and pod writes only for the bases this replica owns (shards/).
         self.owner: OwnerGate = owner or SoleOwner()
         self.queue = KeyedWorkQueue(
-            self.sync_base, workers=8, name="module sync", on_error=self._count_error
+            # A failed write or removal counts its API error itself (once).
+            self.sync_base,
+            workers=8,
+            name="module sync",
         )
         # When each install / uninstall was sent (base -> module key -> clock), for the
         # latency histograms; pruned to what is still in flight at every sync of the base.
@@ -117,12 +120,8 @@ class ModuleSync:
             self._query_inventory, workers=4, name="inventory query"
         )
         # The writes that end a plan go on behind the base's worker (write_lanes.py).
-        self.lanes = WriteLanes(self._plan_again, on_error=self._count_error)
+        self.lanes = WriteLanes(self._plan_again)
         self._write_slots = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
-
-    def _count_error(self, error: Exception) -> None:
-        if isinstance(error, ApiException):
-            self.metrics.record_api_error("pods/status", error.status)
 
     def start(self) -> None:
         self.queue.start()

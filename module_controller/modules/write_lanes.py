@@ -42,14 +42,9 @@ RETRY_MAX_SECONDS = 30.0
 
 
 class WriteLanes:
-    def __init__(
-        self,
-        plan_again: Callable[[str, float], None],
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> None:
+    def __init__(self, plan_again: Callable[[str, float], None]) -> None:
         # Plans the base of a node again after so many seconds.
         self._plan_again = plan_again
-        self._on_error = on_error
         self._failures: dict[str, int] = {}  # node name -> lanes failed in a row
         self._tails: dict[str, asyncio.Task[None]] = {}  # node name -> its last lane
         self._writing: dict[str, dict[str, Any]] = {}  # pod uid -> status on its way
@@ -124,8 +119,6 @@ class WriteLanes:
             self._removing.difference_update(pod.uid for pod in removals)
 
     def _failed(self, node_name: str, error: Exception) -> None:
-        if self._on_error is not None:
-            self._on_error(error)
         failures = self._failures.get(node_name, 0) + 1
         self._failures[node_name] = failures
         delay = min(RETRY_INITIAL_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)

@@ -269,3 +269,5 @@ async def test_a_failed_write_is_planned_again_after_a_back_off(
 
     await wait_for(written, timeout=5, what="the Ready write, tried again")
     assert fleet.api.writes(name) == ["Ready", "Ready"]
+    errors = 'module_controller_kubernetes_api_errors_total{resource="pods/status",status="500"}'
+    assert f"{errors} 1.0" in fleet.metrics.exposition()[0].decode(), "counted once"
