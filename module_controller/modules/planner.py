@@ -77,6 +77,18 @@ REPLACEMENT_GRACE_SECONDS = 3.0
 REPLACEMENT_WAIT_SECONDS = 30.0
 
 
+def commands_sent_at(plan: Plan, base: BaseModules, at: float) -> None:
+    """The plan's commands go out at `at`, later than planned (they waited for the base's
+    earlier writes): their retries, and first statuses' waits, count from then."""
+    for biz in plan.uninstalls:
+        entry = base.uninstalling.get(biz.key)
+        if entry is not None:
+            entry.last_sent = at
+    for spec in plan.installs:
+        if spec.key in base.installing:
+            base.installing[spec.key] = at
+
+
 def _uninstall_due(entry: Uninstall | None, settings: Settings) -> float:
     if entry is None:
         return 0.0

@@ -28,11 +28,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from module_controller.k8s_events import EventRecorder, EventType, ObjectRef
 from module_controller.kube import call_for_json
 from module_controller.modules import reasons
-from module_controller.modules.planner import PlanContext, plan_base
+from module_controller.modules.planner import PlanContext, commands_sent_at, plan_base
 from module_controller.modules.state import ModulePod, ModuleState, OperationOutcome
 from module_controller.modules.status import is_ready, not_ready_status, shows_ready
 from module_controller.modules.text import bounded
-from module_controller.modules.write_lanes import StatusWrite, WriteLanes
+from module_controller.modules.write_lanes import PlanVoid, StatusWrite, WriteLanes
 from module_controller.observability.metrics import Metrics, ModulePodState
 from module_controller.protocol import (
     BatchInstallBizResponse,
@@ -103,12 +103,8 @@ class ModuleSync:
         self.clock = clock
         # Commands and pod writes only for the bases this replica owns (shards/).
         self.owner: OwnerGate = owner or SoleOwner()
-        self.queue = KeyedWorkQueue(
-            # A failed write or removal counts its API error itself (once).
-            self.sync_base,
-            workers=8,
-            name="module sync",
-        )
+        # A failed write or removal counts its own API error: no error hook here.
+        self.queue = KeyedWorkQueue(self.sync_base, workers=8, name="module sync")
         # When each install / uninstall was sent (base -> module key -> clock), for the
         # latency histograms; pruned to what is still in flight at every sync of the base.
         self._install_sent: dict[str, dict[str, float]] = {}
@@ -285,35 +281,40 @@ class ModuleSync:
             return
 
         def gone() -> bool:
-            # Each step awaits the network: the base may be retired meanwhile (its node
-            # deleted, its pods marked by base_gone). The rest of the plan is then void —
-            # no command to a gone base, no pod written Ready on it, no bookkeeping for it.
-            # Nor for a base this replica stopped owning (handed over, or fenced).
+            # Each step awaits the network: meanwhile the base may be retired, handed
+            # over, or this replica fenced. The rest of the plan is then void.
             return self.registry.bases.get(identity) is not record or not self.owner.holds(
                 node_name
             )
 
-        if plan.going_down or plan.uninstalls:
-            # What earlier plans write lands first: a pod written Ready there goes out of
-            # Ready here after it, and no module is uninstalled under a Ready pod.
-            await self.lanes.landed(node_name)
-        if gone():
+        def check() -> None:
+            if gone():
+                raise PlanVoid(node_name)
+
+        try:
+            if plan.going_down or plan.uninstalls:
+                # What earlier plans write lands first: a pod written Ready there goes out
+                # of Ready here after it, and no module is uninstalled under a Ready pod.
+                await self.lanes.landed(node_name)
+                commands_sent_at(plan, base, self.clock())
+            check()
+            await self._write_all(plan.going_down, gone)
+            for biz in plan.uninstalls:
+                check()
+                log.info("Uninstalling %s from base %s.", biz.key, identity)
+                self._uninstall_sent.setdefault(identity, {}).setdefault(biz.key, self.clock())
+                await self.tunnel.uninstall_biz(identity, biz)
+            for spec in plan.installs:
+                check()
+                log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
+                self._install_sent.setdefault(identity, {})[spec.key] = self.clock()
+                self.metrics.record_install_command()
+                await self.tunnel.install_biz(identity, spec.biz())
+            check()
+        except PlanVoid:
+            self.queue.add(identity)  # planned afresh: by us only if the base is ours again
             return
-        await self._write_all(plan.going_down, gone)
-        for biz in plan.uninstalls:
-            if gone():
-                return
-            log.info("Uninstalling %s from base %s.", biz.key, identity)
-            self._uninstall_sent.setdefault(identity, {}).setdefault(biz.key, self.clock())
-            await self.tunnel.uninstall_biz(identity, biz)
-        for spec in plan.installs:
-            if gone():
-                return
-            log.info("Installing %s (%s) on base %s.", spec.key, spec.url, identity)
-            self._install_sent.setdefault(identity, {})[spec.key] = self.clock()
-            self.metrics.record_install_command()
-            await self.tunnel.install_biz(identity, spec.biz())
-        if gone() or not (plan.status_writes or plan.events or plan.deletions):
+        if not (plan.status_writes or plan.events or plan.deletions):
             return
         why = (
             "the base no longer lists its modules, or another pod there still wants them"
@@ -323,14 +324,13 @@ class ModuleSync:
         )
 
         async def carry_out() -> None:
-            if gone():
-                return
+            check()
             await self._write_all(plan.status_writes, gone)
-            if gone():
-                return
+            check()
             for event in plan.events:
                 self.events.pod_event(event.pod, event.type, event.reason, event.message)
             for pod in plan.deletions:
+                check()
                 await self._remove(pod, why)
 
         self.lanes.queue(node_name, plan.status_writes, plan.deletions, carry_out)
@@ -407,14 +407,14 @@ class ModuleSync:
         for pod in pods:
             if pod.deleting or not shows_ready(pod.status):
                 continue
-            if not still_gone():
-                return
             try:
                 await self._write_status(
                     pod,
                     not_ready_status(pod, reasons.BASE_GONE, text, wall),
                     lambda: not still_gone(),
                 )
+            except PlanVoid:
+                return
             except ApiException as error:
                 log.warning("Could not mark pod %s not ready (%s).", pod.key, error.status)
         for pod in pods:
@@ -426,11 +426,9 @@ class ModuleSync:
                 log.warning("Could not delete pod %s (%s).", pod.key, error.status)
 
     async def _write_all(self, writes: list[StatusWrite], void: Callable[[], bool]) -> None:
-        """One phase's writes, each for another pod, at once (a few at a time): the rule
-        orders phases (every write taking a pod out of Ready before any command, every
-        command before any write putting one in), not the pods within one. Written one
-        after the other, the fourth pod of a base went Ready three round trips late.
-        All are awaited before the next phase; the first failure is raised after."""
+        """One phase's writes at once (a few at a time): the rule orders phases, not the
+        pods within one (one by one, a base's fourth pod went Ready three round trips
+        late). The first failure is raised once all are done."""
         if len(writes) == 1:
             await self._write_status(*writes[0], void)
             return
@@ -450,10 +448,10 @@ class ModuleSync:
     async def _write_status(
         self, pod: ModulePod, status: dict[str, Any], void: Callable[[], bool]
     ) -> None:
-        """Write `status` unless, once a slot is free, `void` says the plan is void."""
+        """Write `status`; raises PlanVoid if, once a slot is free, `void()` says so."""
         async with self._write_slots:
-            if void():
-                return  # the base went, or this replica's hold of it, while waiting
+            if void():  # the base went, or this replica's hold of it, while waiting
+                raise PlanVoid(pod.node_name or "")
             self.metrics.record_pod_status_write()
             try:
                 body = await call_for_json(

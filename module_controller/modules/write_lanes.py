@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 StatusWrite = tuple[ModulePod, dict[str, Any]]
 
 
+class PlanVoid(Exception):
+    """The base went, or this replica's hold of it, before a plan's step: the rest of
+    the plan is dropped and the base planned afresh (by us, if it is ours again)."""
+
+
 # Back-off of a base whose lanes keep failing (as the work queue retries a failed sync).
 RETRY_INITIAL_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
@@ -47,6 +52,7 @@ class WriteLanes:
         self._plan_again = plan_again
         self._failures: dict[str, int] = {}  # node name -> lanes failed in a row
         self._tails: dict[str, asyncio.Task[None]] = {}  # node name -> its last lane
+        self._running: set[asyncio.Task[None]] = set()
         self._writing: dict[str, dict[str, Any]] = {}  # pod uid -> status on its way
         self._removing: set[str] = set()  # pod uids whose removal is queued
 
@@ -80,6 +86,7 @@ class WriteLanes:
             name=f"status writes of {node_name}",
         )
         self._tails[node_name] = lane
+        self._running.add(lane)
         lane.add_done_callback(lambda done: self._forget(node_name, done))
 
     async def landed(self, node_name: str) -> None:
@@ -89,7 +96,7 @@ class WriteLanes:
             await asyncio.wait([tail])
 
     async def stop(self) -> None:
-        lanes = list(self._tails.values())
+        lanes = list(self._running)  # a base's earlier lanes too, not only its last
         for lane in lanes:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
@@ -106,6 +113,8 @@ class WriteLanes:
             if earlier is not None:
                 await asyncio.wait([earlier])
             await carry_out()
+        except PlanVoid:
+            self._plan_again(node_name, 0.0)  # what was skipped, if the base is ours again
         except Exception as error:
             self._failed(node_name, error)
         else:
@@ -132,5 +141,6 @@ class WriteLanes:
         self._plan_again(node_name, delay)
 
     def _forget(self, node_name: str, lane: asyncio.Task[None]) -> None:
+        self._running.discard(lane)
         if self._tails.get(node_name) is lane:
             del self._tails[node_name]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,12 +31,41 @@ from tests.waiting import wait_for
 SLOW_BASES = 12
 
 
+class Hold:
+    """The owner gate: whether this replica holds the bases (a hand-over or a fence
+    switches it off, a lost race or a settle that timed out back on)."""
+
+    def __init__(self) -> None:
+        self.holding = True
+
+    def holds(self, node_name: str) -> bool:
+        return self.holding
+
+    def holds_lease(self, node_name: str) -> bool:
+        return self.holding
+
+    def may_write_node(self, node_name: str, identity: str) -> bool:
+        return self.holding
+
+    def unclaimed(self, node_name: str) -> bool:
+        return False
+
+    async def lease_written(self, name: str, lease: Any) -> None:
+        pass
+
+    def lost(self, name: str) -> None:
+        pass
+
+
 class StuckApi:
     """The tunnel and the API server: commands go out at once; every pod status write
-    waits until `release` is set. `log` keeps what was sent and when a write ended."""
+    waits until `release` is set, or its pod is let through (`let`). `log` keeps what
+    was sent and when a write ended."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, str, str]] = []
+        self.writing: set[str] = set()  # pods whose write is in flight
+        self.gates: dict[str, asyncio.Event] = {}
         self.in_flight = 0
         self.peak = 0
         self.release = asyncio.Event()
@@ -60,16 +90,29 @@ class StuckApi:
         self.log.append(("write", name, shown))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+        self.writing.add(name)
+        gate = self.gates.setdefault(name, asyncio.Event())
+        waits = [asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(gate.wait())]
         try:
-            await self.release.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             self.in_flight -= 1
+            self.writing.discard(name)
+            gate.clear()  # the pod's next write waits again
         if self.refusals:
             self.refusals -= 1
             raise ApiException(status=500, reason="etcd timed out")
         self.log.append(("written", name, shown))
         version = str(len(self.log) + 1)
         return {"metadata": {"resourceVersion": version}, "status": body["status"]}
+
+    def let(self, name: str) -> None:
+        self.gates.setdefault(name, asyncio.Event()).set()
+
+    def index(self, entry: tuple[str, str, str]) -> int:
+        return self.log.index(entry) if entry in self.log else len(self.log)
 
     def writes(self, name: str) -> list[str]:
         return [shown for kind, what, shown in self.log if kind == "write" and what == name]
@@ -91,8 +134,18 @@ class Fleet:
         self.state = ModuleState(listed=True)
         self.api = StuckApi()
         self.metrics = Metrics()
+        self.hold = Hold()
+        self.late = 0.0  # how far the clock is ahead of the monotonic one
         self.sync = ModuleSync(
-            settings, self.registry, self.state, self.api, api, self.metrics, Events()
+            settings,
+            self.registry,
+            self.state,
+            self.api,
+            api,
+            self.metrics,
+            Events(),
+            clock=lambda: time.monotonic() + self.late,
+            owner=self.hold,
         )
         self.sync.core = self.api  # type: ignore[assignment]
         self.slow = [f"slow-{number}" for number in range(SLOW_BASES)]
@@ -108,8 +161,8 @@ class Fleet:
     def node(self, identity: str) -> str:
         return self.registry.bases[identity].node_name
 
-    def bind(self, name: str, identity: str, module: str) -> None:
-        module_pod = pod(name, [(module, "1")], NEWER)
+    def bind(self, name: str, identity: str, module: str, **kind: Any) -> None:
+        module_pod = pod(name, [(module, "1")], NEWER, **kind)
         module_pod.node_name = self.node(identity)
         self.state.add_pod(module_pod)
 
@@ -146,6 +199,16 @@ async def writing(fleet: Fleet, count: int) -> None:
         return fleet.api.in_flight >= count
 
     await wait_for(begun, timeout=5, what=f"{count} status write(s) in flight")
+
+
+async def writing_only(fleet: Fleet, names: set[str]) -> None:
+    """Wait until exactly `names` are being written, then a little (time to go wrong)."""
+
+    async def only() -> bool:
+        return fleet.api.writing == names
+
+    await wait_for(only, timeout=5, what=f"only {sorted(names)} being written", interval=0.01)
+    await asyncio.sleep(0.05)
 
 
 async def planned(fleet: Fleet) -> None:
@@ -271,3 +334,100 @@ async def test_a_failed_write_is_planned_again_after_a_back_off(
     assert fleet.api.writes(name) == ["Ready", "Ready"]
     errors = 'module_controller_kubernetes_api_errors_total{resource="pods/status",status="500"}'
     assert f"{errors} 1.0" in fleet.metrics.exposition()[0].decode(), "counted once"
+
+
+# --- a lost hold, a stop, a slow lane: what the adversary found ------------------------
+
+
+async def test_a_going_down_phase_cut_short_by_a_lost_hold_uninstalls_only_after_all_written(
+    fleet: Fleet,
+) -> None:
+    """Three leaving pods are written NotReady, two slots for them. The hold is lost while
+    the third waits for its slot (it is skipped), and comes back before the second
+    lands. Was: the uninstall went out with the third pod still Ready."""
+    fleet.sync._write_slots = asyncio.Semaphore(2)
+    leaving = ["o1", "o2", "o3"]
+    for name in leaving:
+        fleet.bind(name, "new", "biz1", deleting=True, deletion_seen_at=0.0, ready=True)
+    fleet.state.set_inventory("new", simple(("biz1:1", BizState.ACTIVATED)))
+    fleet.sync.base_changed("new")
+    await writing(fleet, 2)
+    first, second = sorted(fleet.api.writing)
+    [third] = set(leaving) - {first, second}
+    fleet.hold.holding = False  # a hand-over begins
+    fleet.api.let(first)  # the third gets the slot: skipped, the base is not held
+    await writing_only(fleet, {second})
+    fleet.hold.holding = True  # the hand-over's settle timed out: still ours
+    fleet.api.release.set()
+
+    async def uninstalled() -> bool:
+        return ("uninstall", "new", "biz1:1") in fleet.api.log
+
+    await wait_for(uninstalled, timeout=5, what="the uninstall of biz1")
+    assert fleet.api.index(("written", third, "NotReady")) < fleet.api.index(
+        ("uninstall", "new", "biz1:1")
+    ), f"biz1 uninstalled while {third} still showed Ready: {fleet.api.log}"
+
+
+async def test_a_write_cut_short_by_a_lost_hold_is_written_when_the_hold_comes_back(
+    fleet: Fleet,
+) -> None:
+    """Was: the skipped write's pod looked written (the lane's other write was still in
+    flight), so the plan made when the hold came back left it, and nothing looked at
+    the base again."""
+    fleet.sync._write_slots = asyncio.Semaphore(2)
+    for name in ("a", "b", "c"):
+        fleet.bind(name, "new", "biz1")
+    fleet.state.set_inventory("new", simple(("biz1:1", BizState.ACTIVATED)))
+    fleet.sync.base_changed("new")
+    await writing(fleet, 2)
+    first, second = sorted(fleet.api.writing)
+    [third] = {"a", "b", "c"} - {first, second}
+    fleet.hold.holding = False
+    fleet.api.let(first)
+    await writing_only(fleet, {second})
+    assert fleet.api.writes(third) == [], "skipped: the base was not held"
+    fleet.hold.holding = True
+    fleet.sync.base_changed("new")  # the hold is back: the base is planned again
+    await planned(fleet)
+    fleet.api.release.set()
+
+    async def all_ready() -> bool:
+        return all(p.observed_ready for p in fleet.state.pods_on(fleet.node("new")))
+
+    await wait_for(all_ready, timeout=5, what=f"{third} written Ready after all")
+
+
+async def test_stop_ends_every_lane_of_a_base_not_only_its_last(fleet: Fleet) -> None:
+    identity = fleet.slow[0]
+    fleet.sync.base_changed(identity)
+    await writing(fleet, 1)
+    fleet.bind("second", identity, "biz1")  # its Ready write queues a second lane
+    fleet.sync.base_changed(identity)
+    await planned(fleet)
+    lanes = [t for t in asyncio.all_tasks() if t.get_name().startswith("status writes of")]
+    assert len(lanes) == 2
+    await fleet.sync.stop()
+    assert all(lane.done() for lane in lanes), "a lane outlived stop()"
+
+
+async def test_an_uninstall_that_waited_for_the_lane_counts_its_retry_from_when_it_was_sent(
+    fleet: Fleet,
+) -> None:
+    """Was: stamped as sent when planned; after 6 s waiting for the base's lane, the
+    next plan found it due again (retry after 5 s) and sent it twice in a row."""
+    identity = fleet.slow[0]
+    fleet.sync.base_changed(identity)
+    await writing(fleet, 1)  # its pod's Ready write, stuck
+    fleet.bind("leaving", identity, "old", deleting=True, deletion_seen_at=0.0)
+    fleet.state.set_inventory(
+        identity, simple(("biz1:1", BizState.ACTIVATED), ("old:1", BizState.ACTIVATED))
+    )
+    fleet.sync.base_changed(identity)  # plans the uninstall of old:1, waits for the lane
+    await asyncio.sleep(0.05)
+    fleet.late += 6  # the Ready write took 6 s
+    fleet.sync.base_changed(identity)  # anything: the base is planned again after
+    fleet.api.release.set()
+    await fleet.sync.settled(identity, fleet.node(identity))
+    await planned(fleet)
+    assert fleet.api.log.count(("uninstall", identity, "old:1")) == 1, fleet.api.log
