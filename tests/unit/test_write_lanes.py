@@ -24,6 +24,7 @@ from module_controller.protocol import BaseMetadata, BaseStatus, BizModel
 from module_controller.protocol.states import BizState
 from module_controller.registry import BaseRegistry
 from module_controller.settings import Settings
+from module_controller.shards.gate import SoleOwner
 from tests.unit.modules_support import NEWER, pod, simple
 from tests.waiting import wait_for
 
@@ -31,30 +32,16 @@ from tests.waiting import wait_for
 SLOW_BASES = 12
 
 
-class Hold:
+class Hold(SoleOwner):
     """The owner gate: whether this replica holds the bases (a hand-over or a fence
-    switches it off, a lost race or a settle that timed out back on)."""
+    switches it off, a lost race or a settle that timed out back on). The module sync
+    asks only `holds`."""
 
     def __init__(self) -> None:
         self.holding = True
 
     def holds(self, node_name: str) -> bool:
         return self.holding
-
-    def holds_lease(self, node_name: str) -> bool:
-        return self.holding
-
-    def may_write_node(self, node_name: str, identity: str) -> bool:
-        return self.holding
-
-    def unclaimed(self, node_name: str) -> bool:
-        return False
-
-    async def lease_written(self, name: str, lease: Any) -> None:
-        pass
-
-    def lost(self, name: str) -> None:
-        pass
 
 
 class StuckApi:
