@@ -25,7 +25,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from module_controller.settings import Settings
-from module_controller.shards.assignment import intended_owner
+from module_controller.shards.assignment import Owners
 from module_controller.shards.membership import Membership, lease_expired, parse_time
 from module_controller.vnode_manifest import (
     COMPONENT_LABEL,
@@ -98,6 +98,7 @@ class Ownership:
         self._changed = changed
         self._settle = settle
         self._table: dict[str, NodeLease] = {}
+        self._owners = Owners()
         # Bases being handed over: not acted on (nor renewed) until the write is done.
         self._handing: set[str] = set()
         self._trusted = False  # the table may be stale until listed again
@@ -140,7 +141,7 @@ class Ownership:
             return False
         view = self._table.get(node_name)
         if view is None:
-            return intended_owner(identity, self.membership.members) == self.me
+            return self._owners.of(identity, self.membership.members) == self.me
         return view.holder == self.me
 
     def held(self) -> list[str]:
@@ -201,7 +202,7 @@ class Ownership:
             view = self._table.get(name)
             if view is None:
                 continue  # no Lease yet: the node's creator writes it
-            intended = intended_owner(identity, members)
+            intended = self._owners.of(identity, members)
             if view.holder == self.me:
                 if intended is not None and intended != self.me and handed < HANDOVERS_PER_ROUND:
                     handed += 1
@@ -218,7 +219,7 @@ class Ownership:
             # so its node is unattended; one replica takes it, and deletes the node.
             if name in bases or view.holder == self.me or not lease_expired(view.spec, now):
                 continue
-            if intended_owner(name, members) == self.me and claimed < CLAIMS_PER_ROUND:
+            if self._owners.of(name, members) == self.me and claimed < CLAIMS_PER_ROUND:
                 claimed += 1
                 await self._claim(name, view)
 

@@ -88,3 +88,35 @@ def test_ties_go_to_the_smaller_name_whatever_the_order(monkeypatch: pytest.Monk
     monkeypatch.setattr(assignment, "weight", lambda member, identity: 7)
     for order in (["m-b", "m-a", "m-c"], ["m-c", "m-b", "m-a"], ["m-a", "m-c", "m-b"]):
         assert assignment.intended_owner(BASES[0], order) == "m-a"
+
+
+def test_remembered_owners_follow_the_members_and_hash_each_base_once_per_member_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = {base: intended_owner(base, THREE) for base in BASES[:50]}
+    hashed: list[str] = []
+    real_weight = assignment.weight
+
+    def counted(member: str, identity: str) -> int:
+        hashed.append(identity)
+        return real_weight(member, identity)
+
+    monkeypatch.setattr(assignment, "weight", counted)
+    owners = assignment.Owners()
+    four = (*THREE, "replica-d")
+    for _ in range(3):  # three rounds over the same members: hashed in the first only
+        assert {base: owners.of(base, THREE) for base in BASES[:50]} == expected
+    assert len(hashed) == 50 * len(THREE)
+    # A replica joins: every answer is the new members', never a remembered stale one.
+    assert [owners.of(base, four) for base in BASES[:50]] == [
+        intended_owner(base, four) for base in BASES[:50]
+    ]
+
+
+def test_remembered_owners_start_over_past_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assignment, "REMEMBERED_OWNERS", 10)
+    owners = assignment.Owners()
+    for base in BASES[:25]:
+        owners.of(base, THREE)
+    assert len(owners._owners) <= 10
+    assert owners.of(BASES[0], THREE) == intended_owner(BASES[0], THREE)
