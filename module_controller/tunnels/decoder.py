@@ -33,6 +33,7 @@ from module_controller.protocol.messages import (
     SimpleBizMessage,
 )
 from module_controller.protocol.states import BizState
+from module_controller.protocol.topics import BaseTopic
 from module_controller.settings import Settings
 from module_controller.tunnels.events import (
     BaseHealthReport,
@@ -44,6 +45,7 @@ from module_controller.tunnels.events import (
     TunnelEvent,
     TunnelKind,
 )
+from module_controller.tunnels.repeats import RepeatedHeartbeats
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class MessageDecoder:
         self._on_drop = on_drop
         self._clock = clock
         self._log = RateLimitedLog(log)
+        self._repeats = RepeatedHeartbeats(limit=2 * settings.max_bases)
 
     def record_drop(self, reason: str, message: str, *args: object) -> None:
         self.dropped[reason] += 1
@@ -105,6 +108,12 @@ class MessageDecoder:
         if len(payload) > self.settings.max_message_bytes:
             self.record_drop(DropReason.OVERSIZED, "%d bytes on %s", len(payload), topic)
             return None
+        repeat = self._repeats.known(topic, payload)
+        if repeat is not None:
+            timestamp, heartbeat = repeat
+            if self._stale(BaseTopic.HEART, heartbeat.identity, timestamp):
+                return None
+            return heartbeat
         try:
             parsed, message = decode_base_message(topic, payload)
         except ProtocolError as error:
@@ -118,20 +127,27 @@ class MessageDecoder:
             return None
         kind = parsed.base_kind
         assert isinstance(message, Envelope)
-        if kind in AGE_CHECKED_TOPICS:
-            max_age_ms = int(self.settings.message_max_age_seconds * 1000)
-            age_ms = self._clock() - message.publish_timestamp
-            if age_ms >= max_age_ms:
-                self.record_drop(
-                    DropReason.STALE,
-                    "%s from %s is %.1fs old (limit %.0fs; are the clocks in sync?)",
-                    kind,
-                    identity,
-                    age_ms / 1000,
-                    self.settings.message_max_age_seconds,
-                )
-                return None
-        return self._event(identity, message)
+        if kind in AGE_CHECKED_TOPICS and self._stale(kind, identity, message.publish_timestamp):
+            return None
+        event = self._event(identity, message)
+        if isinstance(event, BaseHeartbeat):
+            self._repeats.remember(topic, payload, message.publish_timestamp, event)
+        return event
+
+    def _stale(self, kind: BaseTopic | None, identity: str, timestamp: int) -> bool:
+        max_age_ms = int(self.settings.message_max_age_seconds * 1000)
+        age_ms = self._clock() - timestamp
+        if age_ms < max_age_ms:
+            return False
+        self.record_drop(
+            DropReason.STALE,
+            "%s from %s is %.1fs old (limit %.0fs; are the clocks in sync?)",
+            kind,
+            identity,
+            age_ms / 1000,
+            self.settings.message_max_age_seconds,
+        )
+        return True
 
     def _event(self, identity: str, message: BaseModel) -> TunnelEvent | None:
         if isinstance(message, HeartMessage):
