@@ -4,28 +4,60 @@ A base beats every 10 s, nearly always with the same status, and every replica h
 base's heartbeat (tunnels/mqtt.py). Decoding one (JSON, then the pydantic model) was most
 of what hearing it cost: at 1,000 bases, the decoding was a tenth of a replica's CPU, two
 thirds of it for other replicas' bases. A repeat is known from the bytes instead: the
-payload with its `publishTimestamp` number cut out equals the last one decoded for the
-base, so it decodes to the same status; only the timestamp is read (for the age check).
+payload with its `publishTimestamp` digits cut out equals the last one decoded on the
+topic, so it decodes to the same status; only the timestamp is read (for the age check).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 
 from module_controller.tunnels.events import BaseHeartbeat
 
-# The envelope's timestamp: a JSON number (a Java long), ended by the next member or the
-# object's end. Inside a JSON string the key's quotes would be escaped, so never matched.
-TIMESTAMP = re.compile(rb'"publishTimestamp"\s*:\s*(-?\d{1,19})\s*[,}]')
-KEY = b'"publishTimestamp"'
+# The envelope's timestamp: a JSON integer (no leading zero, at most a Java long's 19
+# digits), ended by the next member or the object's end. Inside a JSON string the key's
+# quotes would be escaped, so never matched.
+TIMESTAMP = re.compile(rb'"publishTimestamp"\s*:\s*(-?(?:0|[1-9]\d{0,18}))\s*[,}]')
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 
 
-def cut_timestamp(payload: bytes) -> tuple[int, bytes] | None:
-    """The timestamp, and the payload without its digits; None if there is no one key."""
+@dataclass(frozen=True)
+class Cut:
+    timestamp: int
+    head: bytes  # the payload before the digits
+    tail: bytes  # and after them
+
+    @property
+    def rest(self) -> bytes:
+        return self.head + self.tail
+
+
+def cut_timestamp(payload: bytes) -> Cut | None:
+    """The first `publishTimestamp` integer and what is around its digits; None if there
+    is none, or it is out of a Java long's range."""
     match = TIMESTAMP.search(payload)
-    if match is None or payload.count(KEY) != 1:
-        return None  # no key, or one more (nested): only a full decode knows which counts
-    return int(match.group(1)), payload[: match.start(1)] + payload[match.end(1) :]
+    if match is None:
+        return None
+    value = int(match.group(1))
+    if not LONG_MIN <= value <= LONG_MAX:
+        return None
+    return Cut(value, payload[: match.start(1)], payload[match.end(1) :])
+
+
+def counts(cut: Cut, timestamp: int) -> bool:
+    """Whether the digits cut are the timestamp a full decode reads: not a nested key's,
+    nor ones a later (or escaped) duplicate key overrides. Other digits put in their place
+    must come back as the timestamp."""
+    if cut.timestamp != timestamp:
+        return False
+    other = timestamp + 1 if timestamp < LONG_MAX else timestamp - 1
+    try:
+        envelope = json.loads(cut.head + str(other).encode() + cut.tail)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(envelope, dict) and envelope.get("publishTimestamp") == other
 
 
 class RepeatedHeartbeats:
@@ -42,16 +74,16 @@ class RepeatedHeartbeats:
         if last is None:
             return None
         cut = cut_timestamp(payload)
-        if cut is None or cut[1] != last[0]:
+        if cut is None or cut.rest != last[0]:
             return None
-        return cut[0], last[1]
+        return cut.timestamp, last[1]
 
     def remember(self, topic: str, payload: bytes, timestamp: int, event: BaseHeartbeat) -> None:
         """A heartbeat just decoded in full: its repeats are known from now on."""
         cut = cut_timestamp(payload)
-        if cut is None or cut[0] != timestamp:
+        if cut is None or not counts(cut, timestamp):
             self._last.pop(topic, None)
             return
         if len(self._last) >= self._limit and topic not in self._last:
             self._last.clear()  # bases that left, mostly: the live ones come back in a beat
-        self._last[topic] = (cut[1], event)
+        self._last[topic] = (cut.rest, event)

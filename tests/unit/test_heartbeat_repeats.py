@@ -15,7 +15,7 @@ from module_controller.settings import Settings
 from module_controller.tunnels import decoder as decoder_module
 from module_controller.tunnels.decoder import DropReason, MessageDecoder
 from module_controller.tunnels.events import BaseHeartbeat
-from module_controller.tunnels.repeats import RepeatedHeartbeats, cut_timestamp
+from module_controller.tunnels.repeats import Cut, RepeatedHeartbeats, cut_timestamp
 
 HEART = "koupleless_dev/b1/base/heart"
 
@@ -105,7 +105,18 @@ def _variants() -> list[Callable[[int], bytes]]:
         raw["data"]["baseMetadata"]["name"] = '"publishTimestamp": 1,'
         return json.dumps(raw).encode()
 
+    def escaped_duplicate(timestamp: int) -> bytes:
+        # The same key again, spelled with an escape: JSON keeps the last one, the stale one.
+        head = beat(timestamp)[:-1]
+        return head + b',"\\u0070ublishTimestamp":' + str(now_ms() - 60_000).encode() + b"}"
+
+    def plain_duplicate(timestamp: int) -> bytes:
+        head = beat(timestamp)[:-1]
+        return head + b',"publishTimestamp":' + str(now_ms() - 60_000).encode() + b"}"
+
     return [
+        escaped_duplicate,
+        plain_duplicate,
         lambda timestamp: beat(timestamp),
         lambda timestamp: shaped(timestamp),  # json.dumps spacing
         data_first,
@@ -133,16 +144,21 @@ def test_every_answer_is_the_one_a_full_decode_gives(variant: int, ages: tuple[i
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        (b'{"publishTimestamp":12,"data":{}}', (12, b'{"publishTimestamp":,"data":{}}')),
-        (b'{"data": {}, "publishTimestamp" : -5 }', (-5, b'{"data": {}, "publishTimestamp" :  }')),
+        (b'{"publishTimestamp":12,"data":{}}', Cut(12, b'{"publishTimestamp":', b',"data":{}}')),
+        (
+            b'{"data": {}, "publishTimestamp" : -5 }',
+            Cut(-5, b'{"data": {}, "publishTimestamp" : ', b" }"),
+        ),
         (b'{"publishTimestamp":"12","data":{}}', None),
         (b'{"publishTimestamp":1.5,"data":{}}', None),
-        (b'{"publishTimestamp":1,"data":{"publishTimestamp":1}}', None),
+        (b'{"publishTimestamp":1e3,"data":{}}', None),
+        (b'{"publishTimestamp":012,"data":{}}', None),  # not JSON: a full decode says so
+        (b'{"publishTimestamp":9223372036854775808,"data":{}}', None),  # past a Java long
         (b'{"data":{}}', None),
     ],
 )
-def test_the_timestamp_is_cut_only_where_it_is_the_one_number_of_the_key(
-    payload: bytes, expected: tuple[int, bytes] | None
+def test_the_timestamp_is_cut_only_where_it_is_a_plain_integer(
+    payload: bytes, expected: Cut | None
 ) -> None:
     assert cut_timestamp(payload) == expected
 
@@ -155,3 +171,32 @@ def test_what_is_remembered_is_bounded() -> None:
         repeats.remember(topic, b'{"publishTimestamp":1,"data":{}}', 1, event)
     assert len(repeats._last) <= 3
     assert repeats.known("koupleless_dev/b9/base/heart", b'{"publishTimestamp":2,"data":{}}')
+
+
+@pytest.mark.parametrize("spelled", [b'"publishTimestamp"', b'"\\u0070ublishTimestamp"'])
+def test_a_duplicate_key_that_decoding_keeps_is_the_one_the_age_is_checked_on(
+    spelled: bytes,
+) -> None:
+    # Both keys agree at first; later only the first one moves: JSON keeps the last (now
+    # stale), so the message must be dropped, as a full decode drops it.
+    clock = [1_000_000]
+    decoder = MessageDecoder(Settings(), clock=lambda: clock[0])
+
+    def payload(first: int, last: int) -> bytes:
+        return beat(first)[:-1] + b"," + spelled + b":" + str(last).encode() + b"}"
+
+    assert decoder.decode(HEART, payload(995_000, 995_000)) is not None
+    clock[0] += 6_000
+    assert decoder.decode(HEART, payload(clock[0], 995_000)) is None
+    assert decoder.dropped[DropReason.STALE] == 1
+
+
+def test_digits_a_full_decode_refuses_are_not_taken_for_a_repeat() -> None:
+    decoder = MessageDecoder(Settings())
+    timestamp = now_ms()
+    assert decoder.decode(HEART, beat(timestamp)) is not None
+    padded = beat(timestamp).replace(str(timestamp).encode(), b"0" + str(timestamp).encode())
+    huge = beat(timestamp).replace(str(timestamp).encode(), b"9" * 19)
+    assert decoder.decode(HEART, padded) is None
+    assert decoder.decode(HEART, huge) is None
+    assert decoder.dropped[DropReason.MALFORMED] == 2
