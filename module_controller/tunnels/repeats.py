@@ -10,6 +10,7 @@ topic, so it decodes to the same status; only the timestamp is read (for the age
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ class Cut:
 
     @property
     def rest(self) -> bytes:
-        return self.head + self.tail
+        """What is remembered of the payload: a digest, since a payload may be padded up to
+        MAX_MESSAGE_BYTES (a megabyte) with members a base may add."""
+        digest = hashlib.blake2b(self.head, digest_size=16)
+        digest.update(len(self.head).to_bytes(8, "big"))
+        digest.update(self.tail)
+        return digest.digest()
 
 
 def cut_timestamp(payload: bytes) -> Cut | None:

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from module_controller.protocol import BaseMetadata, BaseStatus, encode, now_ms, wrap
+from module_controller.protocol import (
+    BaseMetadata,
+    BaseStatus,
+    decode_base_message,
+    encode,
+    now_ms,
+    wrap,
+)
 from module_controller.settings import Settings
 from module_controller.tunnels import decoder as decoder_module
 from module_controller.tunnels.decoder import DropReason, MessageDecoder
@@ -31,7 +38,7 @@ def beat(timestamp: int, version: str = "1.1.1", identity: str = "b1") -> bytes:
 @pytest.fixture
 def full_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = decoder_module.decode_base_message
+    real = decode_base_message
 
     def counted(topic: str, payload: bytes | str) -> Any:
         calls.append(topic)
@@ -49,7 +56,7 @@ def test_a_repeat_is_known_without_decoding_and_is_the_same_event(
     events = [decoder.decode(HEART, beat(start + n * 1_000)) for n in range(5)]
     assert len(full_decodes) == 1
     assert all(isinstance(event, BaseHeartbeat) for event in events)
-    assert {event.identity for event in events if event is not None} == {"b1"}
+    assert {event.identity for event in events if isinstance(event, BaseHeartbeat)} == {"b1"}
     assert events[1:] == [events[0]] * 4
 
 
@@ -200,3 +207,17 @@ def test_digits_a_full_decode_refuses_are_not_taken_for_a_repeat() -> None:
     assert decoder.decode(HEART, padded) is None
     assert decoder.decode(HEART, huge) is None
     assert decoder.dropped[DropReason.MALFORMED] == 2
+
+
+def test_what_is_remembered_of_a_padded_heartbeat_is_small() -> None:
+    repeats = RepeatedHeartbeats(limit=10)
+    raw = json.loads(beat(now_ms()))
+    raw["padding"] = "x" * 500_000
+    payload = json.dumps(raw).encode()
+    event = BaseHeartbeat("b1", BaseStatus(base_metadata=BaseMetadata(identity="b1")))
+    repeats.remember(HEART, payload, raw["publishTimestamp"], event)
+    remembered, _ = repeats._last[HEART]
+    assert len(remembered) <= 64
+    later = raw["publishTimestamp"] + 1
+    again = payload.replace(str(raw["publishTimestamp"]).encode(), str(later).encode())
+    assert repeats.known(HEART, again) == (later, event)
