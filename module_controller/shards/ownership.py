@@ -158,8 +158,12 @@ class Ownership:
             await self._changed([name])  # the base's owner-to-be makes it again
 
     async def lease_written(self, name: str, lease: Any) -> None:
-        """Our own write (a new node's Lease, a renewal): known before the watch says so."""
-        await self._learn(name, NodeLease.of(self._api.sanitize_for_serialization(lease)))
+        """Our own write (a new node's Lease, a renewal): known before the watch says so.
+
+        Renewals come as the API server's JSON: walking it through the client's serializer
+        again was a sixth of a renewal's CPU, the largest steady cost at 1,000 bases."""
+        body = lease if isinstance(lease, dict) else self._api.sanitize_for_serialization(lease)
+        await self._learn(name, NodeLease.of(body))
 
     async def _learn(self, name: str, view: NodeLease) -> None:
         known = self._table.get(name)
