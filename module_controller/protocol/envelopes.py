@@ -14,6 +14,8 @@ T = TypeVar("T")
 # The Go controller drops heart/queryBaseline/health/simpleBiz/biz messages when
 # publishTimestamp + 10000 <= now (spec §2.3).
 MAX_MESSAGE_AGE_MS = 10_000
+# A Java long's range: what a publishTimestamp may be.
+JAVA_LONG_MIN, JAVA_LONG_MAX = -(2**63), 2**63 - 1
 
 
 def now_ms() -> int:
@@ -25,7 +27,7 @@ class Envelope(WireModel, Generic[T]):
     """Every base -> controller MQTT message. Controller -> base messages have no envelope."""
 
     # A Java long. Unbounded, a timestamp of 400 digits overflows the staleness arithmetic.
-    publish_timestamp: int = Field(ge=-(2**63), le=2**63 - 1)
+    publish_timestamp: int = Field(ge=JAVA_LONG_MIN, le=JAVA_LONG_MAX)
     data: T
 
     def is_fresh(self, now: int | None = None, max_age_ms: int = MAX_MESSAGE_AGE_MS) -> bool:

@@ -6,11 +6,11 @@ a replica joins or leaves, only the bases it wins or held move (about 1/N of the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
-# Owners remembered before the cache starts over: more than any fleet's live bases, so only
-# identities that came and went (and a cache's worth of them) are ever dropped.
+# Owners remembered (the least recently asked go first): more than any fleet's live bases.
 REMEMBERED_OWNERS = 100_000
 
 
@@ -32,20 +32,9 @@ def intended_owner(identity: str, members: Iterable[str]) -> str | None:
     return best
 
 
-class Owners:
-    """`intended_owner`, remembered while the members stay the same: every replica asks it
-    for every base every REPLICA_RETRY_SECONDS, and the hashing was a twentieth of an idle
-    replica's CPU at 1,000 bases."""
-
-    def __init__(self) -> None:
-        self._members: tuple[str, ...] = ()
-        self._owners: dict[str, str | None] = {}
-
-    def of(self, identity: str, members: tuple[str, ...]) -> str | None:
-        if members != self._members or len(self._owners) >= REMEMBERED_OWNERS:
-            self._members, self._owners = members, {}
-        try:
-            return self._owners[identity]
-        except KeyError:
-            owner = self._owners[identity] = intended_owner(identity, members)
-            return owner
+@functools.lru_cache(maxsize=REMEMBERED_OWNERS)
+def remembered_owner(identity: str, members: tuple[str, ...]) -> str | None:
+    """`intended_owner`, remembered: every replica asks it for every base every
+    REPLICA_RETRY_SECONDS, and the hashing was a twentieth of an idle replica's CPU at
+    1,000 bases. Answers are kept by members too, so a new member list is hashed afresh."""
+    return intended_owner(identity, members)

@@ -6,6 +6,7 @@ single parts) always says yes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 
@@ -16,7 +17,7 @@ class OwnerGate(Protocol):
     def may_write_node(self, node_name: str, identity: str) -> bool: ...
     # No Lease of the node is known: a node this replica made is still its own to delete.
     def unclaimed(self, node_name: str) -> bool: ...
-    async def lease_written(self, name: str, lease: Any) -> None: ...
+    async def lease_written(self, name: str, lease: Mapping[str, Any]) -> None: ...
     def lost(self, name: str) -> None: ...
 
 
@@ -33,7 +34,7 @@ class SoleOwner:
     def unclaimed(self, node_name: str) -> bool:
         return True
 
-    async def lease_written(self, name: str, lease: Any) -> None:
+    async def lease_written(self, name: str, lease: Mapping[str, Any]) -> None:
         pass
 
     def lost(self, name: str) -> None:

@@ -24,8 +24,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from module_controller.kube import call_for_json
 from module_controller.settings import Settings
-from module_controller.shards.assignment import Owners
+from module_controller.shards.assignment import remembered_owner
 from module_controller.shards.membership import Membership, lease_expired, parse_time
 from module_controller.vnode_manifest import (
     COMPONENT_LABEL,
@@ -98,7 +99,6 @@ class Ownership:
         self._changed = changed
         self._settle = settle
         self._table: dict[str, NodeLease] = {}
-        self._owners = Owners()
         # Bases being handed over: not acted on (nor renewed) until the write is done.
         self._handing: set[str] = set()
         self._trusted = False  # the table may be stale until listed again
@@ -141,7 +141,7 @@ class Ownership:
             return False
         view = self._table.get(node_name)
         if view is None:
-            return self._owners.of(identity, self.membership.members) == self.me
+            return remembered_owner(identity, self.membership.members) == self.me
         return view.holder == self.me
 
     def held(self) -> list[str]:
@@ -157,13 +157,11 @@ class Ownership:
         if self._table.pop(name, None) is not None:
             await self._changed([name])  # the base's owner-to-be makes it again
 
-    async def lease_written(self, name: str, lease: Any) -> None:
-        """Our own write (a new node's Lease, a renewal): known before the watch says so.
-
-        Renewals come as the API server's JSON: walking it through the client's serializer
-        again was a sixth of a renewal's CPU, the largest steady cost at 1,000 bases."""
-        body = lease if isinstance(lease, dict) else self._api.sanitize_for_serialization(lease)
-        await self._learn(name, NodeLease.of(body))
+    async def lease_written(self, name: str, lease: Mapping[str, Any]) -> None:
+        """Our own write (a new node's Lease, a renewal), as the API server's JSON: known
+        before the watch says so. (The client's models, walked back to JSON, were a sixth
+        of a renewal's CPU, the largest steady cost at 1,000 bases.)"""
+        await self._learn(name, NodeLease.of(lease))
 
     async def _learn(self, name: str, view: NodeLease) -> None:
         known = self._table.get(name)
@@ -206,7 +204,7 @@ class Ownership:
             view = self._table.get(name)
             if view is None:
                 continue  # no Lease yet: the node's creator writes it
-            intended = self._owners.of(identity, members)
+            intended = remembered_owner(identity, members)
             if view.holder == self.me:
                 if intended is not None and intended != self.me and handed < HANDOVERS_PER_ROUND:
                     handed += 1
@@ -223,7 +221,7 @@ class Ownership:
             # so its node is unattended; one replica takes it, and deletes the node.
             if name in bases or view.holder == self.me or not lease_expired(view.spec, now):
                 continue
-            if self._owners.of(name, members) == self.me and claimed < CLAIMS_PER_ROUND:
+            if remembered_owner(name, members) == self.me and claimed < CLAIMS_PER_ROUND:
                 claimed += 1
                 await self._claim(name, view)
 
@@ -246,12 +244,14 @@ class Ownership:
         return renewed is None or now - renewed >= quiet
 
     async def _relist(self) -> None:
-        leases = await self.coordination.list_namespaced_lease(
-            LEASE_NAMESPACE, label_selector=node_lease_selector(self.settings.env)
+        leases = await call_for_json(
+            self._api,
+            self.coordination.list_namespaced_lease,
+            LEASE_NAMESPACE,
+            label_selector=node_lease_selector(self.settings.env),
         )
         self._table = {
-            lease.metadata.name: NodeLease.of(self._api.sanitize_for_serialization(lease))
-            for lease in leases.items
+            lease["metadata"]["name"]: NodeLease.of(lease) for lease in leases.get("items") or []
         }
         self._trusted = True
         held = self.held()
@@ -307,7 +307,9 @@ class Ownership:
         )
         body = {"metadata": {"resourceVersion": view.resource_version}, "spec": spec}
         try:
-            written = await self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, body)
+            written = await call_for_json(
+                self._api, self.coordination.patch_namespaced_lease, name, LEASE_NAMESPACE, body
+            )
         except ApiException as error:
             if error.status in (404, 409):
                 log.info("Lease of node %s changed meanwhile: not %s.", name, what)

@@ -15,13 +15,13 @@ import json
 import re
 from dataclasses import dataclass
 
+from module_controller.protocol.envelopes import JAVA_LONG_MAX, JAVA_LONG_MIN
 from module_controller.tunnels.events import BaseHeartbeat
 
 # The envelope's timestamp: a JSON integer (no leading zero, at most a Java long's 19
 # digits), ended by the next member or the object's end. Inside a JSON string the key's
 # quotes would be escaped, so never matched.
 TIMESTAMP = re.compile(rb'"publishTimestamp"\s*:\s*(-?(?:0|[1-9]\d{0,18}))\s*[,}]')
-LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def cut_timestamp(payload: bytes) -> Cut | None:
     if match is None:
         return None
     value = int(match.group(1))
-    if not LONG_MIN <= value <= LONG_MAX:
+    if not JAVA_LONG_MIN <= value <= JAVA_LONG_MAX:
         return None
     return Cut(value, payload[: match.start(1)], payload[match.end(1) :])
 
@@ -58,7 +58,7 @@ def counts(cut: Cut, timestamp: int) -> bool:
     must come back as the timestamp."""
     if cut.timestamp != timestamp:
         return False
-    other = timestamp + 1 if timestamp < LONG_MAX else timestamp - 1
+    other = timestamp + 1 if timestamp < JAVA_LONG_MAX else timestamp - 1
     try:
         envelope = json.loads(cut.head + str(other).encode() + cut.tail)
     except (ValueError, RecursionError):

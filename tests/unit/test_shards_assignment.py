@@ -102,21 +102,22 @@ def test_remembered_owners_follow_the_members_and_hash_each_base_once_per_member
         return real_weight(member, identity)
 
     monkeypatch.setattr(assignment, "weight", counted)
-    owners = assignment.Owners()
+    assignment.remembered_owner.cache_clear()
     four = (*THREE, "replica-d")
     for _ in range(3):  # three rounds over the same members: hashed in the first only
-        assert {base: owners.of(base, THREE) for base in BASES[:50]} == expected
+        assert {base: assignment.remembered_owner(base, THREE) for base in BASES[:50]} == expected
     assert len(hashed) == 50 * len(THREE)
     # A replica joins: every answer is the new members', never a remembered stale one.
-    assert [owners.of(base, four) for base in BASES[:50]] == [
+    assert [assignment.remembered_owner(base, four) for base in BASES[:50]] == [
         intended_owner(base, four) for base in BASES[:50]
     ]
 
 
-def test_remembered_owners_start_over_past_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assignment, "REMEMBERED_OWNERS", 10)
-    owners = assignment.Owners()
-    for base in BASES[:25]:
-        owners.of(base, THREE)
-    assert len(owners._owners) <= 10
-    assert owners.of(BASES[0], THREE) == intended_owner(BASES[0], THREE)
+def test_what_is_remembered_of_owners_is_bounded() -> None:
+    assignment.remembered_owner.cache_clear()
+    one = ("replica-a",)
+    for n in range(assignment.REMEMBERED_OWNERS + 10):
+        assignment.remembered_owner(f"base-{n}", one)
+    assert assignment.remembered_owner.cache_info().currsize == assignment.REMEMBERED_OWNERS
+    assert assignment.remembered_owner(BASES[0], THREE) == intended_owner(BASES[0], THREE)
+    assignment.remembered_owner.cache_clear()
